@@ -1,0 +1,1 @@
+"""Simulators: first-person dashcam envs on highway-env, experts, CARLA backend."""

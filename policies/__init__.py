@@ -1,0 +1,1 @@
+"""Policies: NCP wiring, LTC/CfC cells, perception CNN, baselines, checkpoints."""
