@@ -1,0 +1,880 @@
+"""Crash-safe episodic zarr v3 store for recorded drives (schema: docs/dataset.md).
+
+Why this layout: every episode is its own zarr group, written completely in a staging
+directory and then made visible with one atomic directory rename. A recorder killed at any
+moment therefore leaves only complete episodes in `episodes/` (plus a staging leftover that
+the next writer deletes), several processes can commit episodes side by side under a file
+lock, and appending never rewrites data that is already committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from driving.errors import UserError
+
+FORMAT_NAME = "liquid-drive-dataset"
+SCHEMA_VERSION = 1
+EPISODES_DIR = "episodes"
+STAGING_DIR = ".staging"
+INDEX_FILE = "index.json"
+LOCK_FILE = ".lock"
+EPISODE_PREFIX = "ep_"
+
+#: Per-step arrays every episode has: name -> dtype.
+REQUIRED_STEPS: dict[str, str] = {
+    "steering": "float32",  # expert steering label in [-1, 1] for this frame
+    "action": "float32",  # steering actually executed after this frame (label + DART noise, or a policy's)
+    "speed": "float32",  # m/s, as in obs["speed"]
+    "time_s": "float64",  # simulated time of this frame
+    "dt_s": "float32",  # elapsed time since the previous frame (first frame: the nominal step)
+}
+#: Privileged state copied from `info` when the env provides it: name -> dtype.
+OPTIONAL_STEPS: dict[str, str] = {
+    "cross_track_m": "float32",
+    "heading_error_rad": "float32",
+    "curvature": "float32",
+    "distance_m": "float32",
+    "lap_progress": "float32",
+    "on_road": "bool",
+    "crashed": "bool",
+}
+STEP_DTYPES: dict[str, str] = {**REQUIRED_STEPS, **OPTIONAL_STEPS}
+
+DEFAULT_CHUNK_FRAMES = 16
+DEFAULT_CODEC = {"name": "blosc", "cname": "lz4", "clevel": 5}
+
+
+class DatasetError(UserError):
+    """A store is missing, damaged or incompatible; the message names the file and the fix."""
+
+
+class DiskFullError(DatasetError):
+    """The disk filled up while writing; committed episodes are intact."""
+
+
+def _is_enospc(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON next to `path` and `os.replace` it in, so readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file of a finished episode so that a power cut cannot leave it half on disk."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples so that metadata is plain JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def _codec(spec: Mapping[str, Any]):
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    name = spec.get("name", "blosc")
+    if name == "blosc":
+        return BloscCodec(
+            cname=spec.get("cname", "lz4"), clevel=int(spec.get("clevel", 5)), shuffle="noshuffle"
+        )
+    if name == "zstd":
+        return ZstdCodec(level=int(spec.get("level", 3)))
+    raise ValueError(f"unknown codec {name!r}: use 'blosc' or 'zstd'")
+
+
+def _read_root_meta(root: Path) -> dict[str, Any] | None:
+    """Return our root attributes, or None when `root` holds no zarr group at all."""
+    meta_path = root / "zarr.json"
+    if not meta_path.exists():
+        return None
+    try:
+        doc = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{meta_path} is unreadable ({exc}); it is not a valid dataset") from exc
+    attrs = doc.get("attributes", {}).get(FORMAT_NAME)
+    if doc.get("zarr_format") != 3 or doc.get("node_type") != "group" or attrs is None:
+        raise DatasetError(
+            f"{root} is a zarr store but not a liquid-drive dataset (no '{FORMAT_NAME}' "
+            "attributes); choose another --out directory"
+        )
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetError(
+            f"{root} has dataset schema version {attrs.get('schema_version')!r}, this "
+            f"liquid-drive reads version {SCHEMA_VERSION}; record into a new directory"
+        )
+    return attrs
+
+
+def _episode_names(root: Path) -> list[str]:
+    ep_dir = root / EPISODES_DIR
+    if not ep_dir.is_dir():
+        return []
+    return sorted(n for n in os.listdir(ep_dir) if n.startswith(EPISODE_PREFIX) and n[3:].isdigit())
+
+
+def _read_episode_attrs(root: Path, name: str) -> dict[str, Any]:
+    path = root / EPISODES_DIR / name / "zarr.json"
+    try:
+        doc = json.loads(path.read_text())
+        return dict(doc["attributes"]["episode"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(
+            f"episode metadata {path} is missing or corrupt ({exc}); run "
+            f"`driving dataset verify {root}`"
+        ) from exc
+
+
+def _load_index(root: Path) -> dict[str, dict[str, Any]]:
+    """Committed episodes by name. The directories are the truth; index.json only caches their
+    metadata, and entries missing from it (a kill between rename and index write) are read back."""
+    cached: dict[str, dict[str, Any]] = {}
+    idx_path = root / INDEX_FILE
+    if idx_path.exists():
+        with contextlib.suppress(OSError, json.JSONDecodeError, KeyError, TypeError):
+            cached = {e["name"]: e for e in json.loads(idx_path.read_text())["episodes"]}
+    out: dict[str, dict[str, Any]] = {}
+    for name in _episode_names(root):
+        entry = cached.get(name)
+        if entry is None:
+            entry = {"name": name, **_read_episode_attrs(root, name)}
+        out[name] = entry
+    return out
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive lock between processes committing into the same store."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class DatasetWriter:
+    """Creates a store (or opens one for appending) and commits complete episodes.
+
+    `camera` must hold at least `height` and `width`; appending with another resolution,
+    another schema version or `save_depth` setting is refused. Several writers (processes)
+    may append to one store at the same time.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        env_id: str,
+        env_config: Mapping[str, Any] | None = None,
+        camera: Mapping[str, Any] | None = None,
+        *,
+        save_depth: bool = False,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        codec: Mapping[str, Any] | None = None,
+        durable: bool = True,
+    ) -> None:
+        from driving import __version__
+
+        self.root = Path(root)
+        self.env_id = env_id
+        self.env_config = _jsonable(dict(env_config or {}))
+        camera = _jsonable(dict(camera or {}))
+        if "height" not in camera or "width" not in camera:
+            raise ValueError("camera must give 'height' and 'width' (pixels) of the frames")
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.durable = durable
+        wanted = {
+            "format": FORMAT_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "camera": camera,
+            "image_shape": [int(camera["height"]), int(camera["width"]), 3],
+            "save_depth": bool(save_depth),
+            "chunk_frames": int(chunk_frames),
+            "codec": dict(codec or DEFAULT_CODEC),
+            "env_id": env_id,
+            "env_config": self.env_config,
+            "created_by": f"liquid-drive {__version__}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _codec(wanted["codec"])  # validate early
+        self.attrs = self._create_or_open(wanted)
+        self.image_shape = tuple(self.attrs["image_shape"])
+        self.save_depth = bool(self.attrs["save_depth"])
+        self.chunk_frames = int(self.attrs["chunk_frames"])
+        self.version = __version__
+
+    # -- store creation -------------------------------------------------------------------------
+    def _create_or_open(self, wanted: dict[str, Any]) -> dict[str, Any]:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise DatasetError(f"--out {root} is a file, not a directory; choose a directory")
+        attrs = _read_root_meta(root) if root.exists() else None
+        if attrs is None:
+            if root.exists() and any(n not in (STAGING_DIR, LOCK_FILE) for n in os.listdir(root)):
+                raise DatasetError(
+                    f"--out {root} is a non-empty directory that is not a liquid-drive dataset; "
+                    "choose a new or empty directory"
+                )
+            root.mkdir(parents=True, exist_ok=True)
+            with _locked(root):
+                attrs = _read_root_meta(root)  # another process may have won the race
+                if attrs is None:
+                    (root / EPISODES_DIR).mkdir(exist_ok=True)
+                    _write_json_atomic(
+                        root / EPISODES_DIR / "zarr.json",
+                        {"zarr_format": 3, "node_type": "group", "attributes": {}},
+                    )
+                    _write_json_atomic(
+                        root / "zarr.json",
+                        {
+                            "zarr_format": 3,
+                            "node_type": "group",
+                            "attributes": {FORMAT_NAME: wanted},
+                        },
+                    )
+                    _fsync_dir(root)
+                    return wanted
+        for key, what in (
+            ("image_shape", "frame resolution (height, width, 3)"),
+            ("save_depth", "--save-depth setting"),
+        ):
+            if attrs.get(key) != wanted[key]:
+                raise DatasetError(
+                    f"{root} holds episodes with {what} {attrs.get(key)}, but this recording has "
+                    f"{wanted[key]}; record into another --out directory or match the existing one"
+                )
+        return attrs
+
+    # -- episodes ---------------------------------------------------------------------------------
+    def committed(self) -> list[dict[str, Any]]:
+        """Metadata of all committed episodes (sorted by id)."""
+        return list(_load_index(self.root).values())
+
+    def recorded_keys(self) -> set[tuple[str, int, str]]:
+        """(env_id, seed, source) of committed episodes: what a resumed `collect` can skip."""
+        return {
+            (e.get("env_id", ""), int(e.get("seed", -1)), e.get("source", ""))
+            for e in self.committed()
+            if e.get("seed") is not None
+        }
+
+    def begin_episode(self, meta: Mapping[str, Any] | None = None) -> EpisodeBuilder:
+        """Start streaming one episode into staging; nothing is visible until `commit()`."""
+        return EpisodeBuilder(self, dict(meta or {}))
+
+    def append_episode(
+        self,
+        frames: np.ndarray,
+        steps: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any] | None = None,
+        depth: np.ndarray | None = None,
+    ) -> int:
+        """Write a whole in-memory episode and commit it; returns its episode id."""
+        builder = self.begin_episode(meta)
+        try:
+            builder.add_block(np.asarray(frames), steps, depth)
+            return builder.commit()
+        except BaseException:
+            builder.abort()
+            raise
+
+    def cleanup_staging(self, max_age_s: float = 0.0) -> int:
+        """Delete leftovers of killed writers older than `max_age_s`; returns how many."""
+        staging = self.root / STAGING_DIR
+        if not staging.is_dir():
+            return 0
+        removed = 0
+        now = time.time()
+        for name in os.listdir(staging):
+            path = staging / name
+            try:
+                pid = int(name.split("-")[1])
+            except (IndexError, ValueError):
+                pid = -1
+            if pid > 0 and pid != os.getpid() and _pid_alive(pid):
+                continue  # a live writer owns it
+            if pid == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime >= max_age_s:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+        return removed
+
+    def _commit(self, staged: Path, meta: dict[str, Any]) -> int:
+        if self.durable:
+            _fsync_tree(staged)
+        with _locked(self.root):
+            index = _load_index(self.root)
+            names = set(index) | set(_episode_names(self.root))
+            next_id = max((int(n[3:]) for n in names), default=-1) + 1
+            name = f"{EPISODE_PREFIX}{next_id:06d}"
+            # the group's zarr.json carries the id; rewrite it before the rename (atomic)
+            doc = json.loads((staged / "zarr.json").read_text())
+            doc["attributes"]["episode"]["id"] = next_id
+            _write_json_atomic(staged / "zarr.json", doc)
+            os.rename(staged, self.root / EPISODES_DIR / name)  # the commit point
+            if self.durable:
+                _fsync_dir(self.root / EPISODES_DIR)
+            index[name] = {"name": name, **doc["attributes"]["episode"]}
+            try:
+                _write_json_atomic(
+                    self.root / INDEX_FILE,
+                    {"schema_version": SCHEMA_VERSION, "episodes": list(index.values())},
+                )
+            except OSError:
+                pass  # the index is a cache; readers rebuild missing entries from the episodes
+        return next_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EpisodeBuilder:
+    """Streams frames and per-step values of one episode into a staging zarr group.
+
+    Frames are written one time-chunk at a time (bounded memory, compression interleaved
+    with stepping); per-step scalars are buffered and written at `commit()`.
+    """
+
+    def __init__(self, writer: DatasetWriter, meta: dict[str, Any]) -> None:
+        import zarr
+
+        self.writer = writer
+        self.meta = _jsonable(meta)
+        staging = writer.root / STAGING_DIR
+        staging.mkdir(exist_ok=True)
+        self.path = staging / f"ep-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._n = 0
+        self._done = False
+        self._steps: dict[str, list[np.ndarray]] = {}
+        h, w, c = writer.image_shape
+        cf = writer.chunk_frames
+        self._buf = np.empty((cf, h, w, c), np.uint8)
+        self._dbuf = np.empty((cf, h, w), np.float16) if writer.save_depth else None
+        self._nbuf = 0
+        try:
+            self._group = zarr.open_group(self.path, mode="w", zarr_format=3)
+            cfg = {"write_empty_chunks": True}  # a missing chunk file then always means damage
+            self._frames = self._group.create_array(
+                "frames",
+                shape=(0, h, w, c),
+                chunks=(cf, h, w, c),
+                dtype="uint8",
+                compressors=[_codec(writer.attrs["codec"])],
+                config=cfg,
+            )
+            self._depth = None
+            if writer.save_depth:
+                self._depth = self._group.create_array(
+                    "depth",
+                    shape=(0, h, w),
+                    chunks=(cf, h, w),
+                    dtype="float16",
+                    compressors=[_codec({"name": "zstd", "level": 3})],
+                    config=cfg,
+                )
+        except BaseException as exc:
+            self.abort()
+            raise _wrap_write_error(exc, writer.root) from exc
+
+    def __len__(self) -> int:
+        return self._n + self._nbuf
+
+    def add(
+        self,
+        frame: np.ndarray,
+        steps: Mapping[str, Any],
+        depth: np.ndarray | None = None,
+    ) -> None:
+        """Append one step: the frame the agent saw and the per-step values for it."""
+        frame = np.asarray(frame)
+        if frame.shape != self.writer.image_shape or frame.dtype != np.uint8:
+            raise DatasetError(
+                f"frame has shape {frame.shape} {frame.dtype}, the dataset stores "
+                f"{self.writer.image_shape} uint8; record into another --out for another camera"
+            )
+        self._buf[self._nbuf] = frame
+        if self._dbuf is not None:
+            if depth is None:
+                raise ValueError("this dataset stores depth (--save-depth): pass depth per step")
+            self._dbuf[self._nbuf] = np.minimum(np.asarray(depth, np.float32), 65000.0)
+        for k, v in steps.items():
+            self._steps.setdefault(k, []).append(np.asarray(v).reshape(()))
+        self._nbuf += 1
+        if self._nbuf == len(self._buf):
+            self._flush()
+
+    def add_block(
+        self,
+        frames: np.ndarray,
+        steps: Mapping[str, np.ndarray],
+        depth: np.ndarray | None = None,
+    ) -> None:
+        """Append many steps at once (frames (T,H,W,3), steps name -> (T,))."""
+        frames = np.asarray(frames)
+        n = len(frames)
+        for k, v in steps.items():
+            if np.asarray(v).shape[:1] != (n,):
+                raise ValueError(f"step array {k!r} has shape {np.shape(v)}, expected ({n},)")
+        for t in range(n):
+            self.add(
+                frames[t],
+                {k: np.asarray(v)[t] for k, v in steps.items()},
+                None if depth is None else depth[t],
+            )
+
+    def _flush(self) -> None:
+        if self._nbuf == 0:
+            return
+        a, b = self._n, self._n + self._nbuf
+        try:
+            self._frames.resize((b, *self.writer.image_shape))
+            self._frames[a:b] = self._buf[: self._nbuf]
+            if self._depth is not None:
+                self._depth.resize((b, *self.writer.image_shape[:2]))
+                self._depth[a:b] = self._dbuf[: self._nbuf]
+        except BaseException as exc:
+            self.abort()
+            raise _wrap_write_error(exc, self.writer.root) from exc
+        self._n = b
+        self._nbuf = 0
+
+    def commit(self) -> int:
+        """Write the per-step arrays and make the episode visible atomically; returns its id."""
+        from driving import __version__
+
+        if self._done:
+            raise RuntimeError("episode already committed or aborted")
+        self._flush()
+        n = self._n
+        if n == 0:
+            self.abort()
+            raise ValueError("cannot commit an empty episode (no steps added)")
+        missing = [k for k in REQUIRED_STEPS if k not in self._steps]
+        if missing:
+            self.abort()
+            raise ValueError(f"episode lacks required per-step arrays {missing}")
+        try:
+            for k, vals in self._steps.items():
+                if len(vals) != n:
+                    raise ValueError(f"step array {k!r} has {len(vals)} values for {n} frames")
+                dtype = STEP_DTYPES.get(k)
+                arr = np.stack(vals)
+                arr = arr.astype(dtype) if dtype else arr
+                if arr.dtype.kind not in "biuf":
+                    raise ValueError(f"step array {k!r} must be numeric or bool, got {arr.dtype}")
+                z = self._group.create_array(
+                    k,
+                    shape=arr.shape,
+                    chunks=(max(n, 1),),
+                    dtype=arr.dtype,
+                    compressors=[_codec({"name": "zstd", "level": 3})],
+                    config={"write_empty_chunks": True},
+                )
+                z[:] = arr
+            steer = np.stack(self._steps["steering"]).astype(np.float64)
+            meta = {
+                **self.meta,
+                "length": n,
+                "package_version": __version__,
+                "schema_version": SCHEMA_VERSION,
+                "steps": sorted(self._steps),
+                "has_depth": self._depth is not None,
+                "duration_s": float(np.sum(np.stack(self._steps["dt_s"]))),
+                "steering_mean": float(steer.mean()),
+                "steering_std": float(steer.std()),
+                "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            self.meta = _jsonable(meta)
+            self.meta.setdefault("env_id", self.writer.env_id)
+            self._group.attrs["episode"] = self.meta
+            ep_id = self.writer._commit(self.path, self.meta)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, ValueError):
+                raise
+            raise _wrap_write_error(exc, self.writer.root) from exc
+        self._done = True
+        return ep_id
+
+    def abort(self) -> None:
+        """Drop the staged episode (nothing committed is touched)."""
+        self._done = True
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _wrap_write_error(exc: BaseException, root: Path) -> BaseException:
+    if _is_enospc(exc):
+        n = len(_episode_names(root))
+        return DiskFullError(
+            f"disk full while writing into {root}: the episode in progress was dropped, the "
+            f"{n} committed episodes are intact; free space and rerun the same command to resume"
+        )
+    return exc
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass
+class Episode:
+    """A committed episode: its id, directory name, length and metadata."""
+
+    id: int
+    name: str
+    length: int
+    meta: dict[str, Any] = field(repr=False)
+
+
+class Dataset:
+    """Read access to a store: episode list, frames by range, per-step arrays.
+
+    Zarr arrays are opened lazily and cached per process, so a `Dataset` built in the parent
+    can be used inside forked/spawned DataLoader workers.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(
+                f"dataset {self.root} does not exist; record one with `driving collect`"
+            )
+        attrs = _read_root_meta(self.root)
+        if attrs is None:
+            raise DatasetError(
+                f"{self.root} is not a liquid-drive dataset (no zarr.json); record one with "
+                "`driving collect --out DIR`"
+            )
+        self.attrs = attrs
+        self.image_shape: tuple[int, int, int] = tuple(attrs["image_shape"])  # type: ignore[assignment]
+        self.chunk_frames = int(attrs["chunk_frames"])
+        index = _load_index(self.root)
+        self.episodes: list[Episode] = []
+        for name, e in index.items():
+            self.episodes.append(Episode(int(name[3:]), name, int(e["length"]), e))
+        self.num_frames = sum(e.length for e in self.episodes)
+        self._arrays: dict[tuple[int, str], Any] = {}
+        self._steps: dict[tuple[int, str], np.ndarray] = {}
+        self._checked_chunks: set[tuple[int, str, int]] = set()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}  # zarr handles are reopened in each worker
+        return state
+
+    @property
+    def camera(self) -> dict[str, Any]:
+        return dict(self.attrs.get("camera", {}))
+
+    def _path(self, i: int) -> Path:
+        return self.root / EPISODES_DIR / self.episodes[i].name
+
+    def array(self, i: int, name: str):
+        """The zarr array `name` of episode index `i` (opened once per process)."""
+        import zarr
+
+        if self._pid != os.getpid():
+            self._arrays.clear()
+            self._pid = os.getpid()
+        key = (i, name)
+        arr = self._arrays.get(key)
+        if arr is None:
+            path = self._path(i) / name
+            try:
+                arr = zarr.open_array(path, mode="r", zarr_format=3)
+            except Exception as exc:
+                raise DatasetError(
+                    f"cannot open {path} ({type(exc).__name__}: {exc}); run "
+                    f"`driving dataset verify {self.root}`"
+                ) from exc
+            self._arrays[key] = arr
+        return arr
+
+    def steps(self, i: int, name: str) -> np.ndarray:
+        """A whole per-step array of episode index `i` (cached in memory: it is small)."""
+        key = (i, name)
+        out = self._steps.get(key)
+        if out is None:
+            arr = self.array(i, name)
+            self._check_chunk(i, name, arr, 0)
+            try:
+                out = np.asarray(arr[:])
+            except Exception as exc:
+                raise self._damage(i, name, exc) from exc
+            if len(out) != self.episodes[i].length:
+                raise DatasetError(
+                    f"{self._path(i) / name} has {len(out)} steps, the episode {self.episodes[i].length}; "
+                    f"run `driving dataset verify {self.root}`"
+                )
+            self._steps[key] = out
+        return out
+
+    def frames(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames [start, stop) of episode index `i`, uint8 (T,H,W,3)."""
+        return self._read_images(i, "frames", start, stop)
+
+    def depth(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Depth [start, stop) in metres (float32); only for stores recorded with --save-depth."""
+        if not self.episodes[i].meta.get("has_depth"):
+            raise DatasetError(
+                f"episode {self.episodes[i].name} has no depth (record with --save-depth)"
+            )
+        return self._read_images(i, "depth", start, stop).astype(np.float32)
+
+    def _read_images(self, i: int, name: str, start: int, stop: int | None) -> np.ndarray:
+        n = self.episodes[i].length
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"range [{start}, {stop}) outside episode {i} of length {n}")
+        arr = self.array(i, name)
+        cf = self.chunk_frames
+        for c in range(start // cf, (max(stop, start + 1) - 1) // cf + 1):
+            self._check_chunk(i, name, arr, c)
+        try:
+            return arr[start:stop]
+        except Exception as exc:
+            raise self._damage(i, name, exc) from exc
+
+    def _check_chunk(self, i: int, name: str, arr: Any, c: int) -> None:
+        """zarr silently returns fill values for a missing chunk file: refuse that instead."""
+        key = (i, name, c)
+        if key in self._checked_chunks:
+            return
+        coords = (c,) + (0,) * (arr.ndim - 1)
+        rel = arr.metadata.encode_chunk_key(coords)
+        path = self._path(i) / name / rel
+        if not path.exists():
+            raise DatasetError(
+                f"chunk file {path} is missing (damaged dataset); run `driving dataset verify "
+                f"{self.root}` and re-record or drop episode {self.episodes[i].name}"
+            )
+        self._checked_chunks.add(key)
+
+    def _damage(self, i: int, name: str, exc: Exception) -> DatasetError:
+        return DatasetError(
+            f"cannot decode {self._path(i) / name} ({type(exc).__name__}: {exc}); the dataset is "
+            f"damaged: run `driving dataset verify {self.root}`"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and metadata for `driving dataset info`."""
+        size = 0
+        for dirpath, _, files in os.walk(self.root / EPISODES_DIR):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    size += os.path.getsize(os.path.join(dirpath, f))
+        by_env: dict[str, int] = {}
+        by_source: dict[str, int] = {}
+        duration = 0.0
+        for e in self.episodes:
+            by_env[e.meta.get("env_id", "?")] = by_env.get(e.meta.get("env_id", "?"), 0) + 1
+            by_source[e.meta.get("source", "?")] = by_source.get(e.meta.get("source", "?"), 0) + 1
+            duration += float(e.meta.get("duration_s", 0.0))
+        staging = self.root / STAGING_DIR
+        return {
+            "root": str(self.root),
+            "schema_version": self.attrs["schema_version"],
+            "created_by": self.attrs.get("created_by"),
+            "image_shape": list(self.image_shape),
+            "camera": self.camera,
+            "episodes": len(self.episodes),
+            "frames": self.num_frames,
+            "duration_s": duration,
+            "bytes_on_disk": size,
+            "bytes_per_frame": size / self.num_frames if self.num_frames else 0.0,
+            "episodes_by_env": by_env,
+            "episodes_by_source": by_source,
+            "save_depth": bool(self.attrs.get("save_depth")),
+            "chunk_frames": self.chunk_frames,
+            "codec": self.attrs.get("codec"),
+            "uncommitted_leftovers": len(os.listdir(staging)) if staging.is_dir() else 0,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# verification
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` checked and what it found damaged (empty `problems` = healthy)."""
+
+    root: str
+    episodes: int = 0
+    frames: int = 0
+    chunks: int = 0
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    damaged_episodes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(root: str | os.PathLike, progress: bool = False) -> VerifyReport:
+    """Decode every chunk of every committed episode and check boundaries and metadata."""
+    import zarr
+
+    root = Path(root)
+    rep = VerifyReport(str(root))
+    if not root.is_dir():
+        raise DatasetError(f"dataset {root} does not exist")
+    attrs = _read_root_meta(root)
+    if attrs is None:
+        raise DatasetError(f"{root} is not a liquid-drive dataset (no zarr.json)")
+    image_shape = tuple(attrs["image_shape"])
+    idx_path = root / INDEX_FILE
+    cached: dict[str, Any] = {}
+    if idx_path.exists():
+        try:
+            cached = {e["name"]: e for e in json.loads(idx_path.read_text())["episodes"]}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            rep.warnings.append(
+                f"{idx_path} is unreadable ({exc}); it is a cache and will be rebuilt"
+            )
+    names = _episode_names(root)
+    for name in cached:
+        if name not in names:
+            rep.problems.append(f"{name}: listed in {INDEX_FILE} but its directory is missing")
+            rep.damaged_episodes.append(name)
+    staging = root / STAGING_DIR
+    if staging.is_dir() and os.listdir(staging):
+        rep.warnings.append(
+            f"{len(os.listdir(staging))} uncommitted episode(s) in {staging} (a killed recorder); "
+            "they are not part of the dataset and are removed by the next `collect`"
+        )
+    from tqdm import tqdm
+
+    for name in tqdm(names, desc="verify", unit="ep", disable=not progress):
+        before = len(rep.problems)
+        ep_path = root / EPISODES_DIR / name
+        try:
+            meta = _read_episode_attrs(root, name)
+        except DatasetError as exc:
+            rep.problems.append(f"{name}: {exc}")
+            rep.damaged_episodes.append(name)
+            continue
+        n = int(meta.get("length", -1))
+        if name in cached and int(cached[name].get("length", -1)) != n:
+            rep.problems.append(
+                f"{name}: length {n} disagrees with {INDEX_FILE} ({cached[name].get('length')})"
+            )
+        arrays = ["frames", *meta.get("steps", REQUIRED_STEPS)]
+        if meta.get("has_depth"):
+            arrays.append("depth")
+        for k in REQUIRED_STEPS:
+            if k not in arrays:
+                rep.problems.append(f"{name}: required per-step array {k!r} missing from metadata")
+        for a in arrays:
+            apath = ep_path / a
+            try:
+                arr = zarr.open_array(apath, mode="r", zarr_format=3)
+            except Exception as exc:
+                rep.problems.append(f"{name}/{a}: cannot open ({type(exc).__name__}: {exc})")
+                continue
+            if arr.shape[0] != n:
+                rep.problems.append(f"{name}/{a}: {arr.shape[0]} steps, episode length is {n}")
+            if a == "frames" and tuple(arr.shape[1:]) != image_shape:
+                rep.problems.append(
+                    f"{name}/frames: shape {arr.shape[1:]} != dataset {image_shape}"
+                )
+            cf = arr.chunks[0]
+            for c in range(-(-arr.shape[0] // cf)):
+                rep.chunks += 1
+                coords = (c,) + (0,) * (arr.ndim - 1)
+                rel = arr.metadata.encode_chunk_key(coords)
+                if not (apath / rel).exists():
+                    rep.problems.append(f"{name}/{a}: chunk file {rel} is missing")
+                    continue
+                try:
+                    block = arr[c * cf : (c + 1) * cf]
+                except Exception as exc:
+                    rep.problems.append(
+                        f"{name}/{a}: chunk {rel} does not decode ({type(exc).__name__}: {exc})"
+                    )
+                    continue
+                if a in ("steering", "action", "speed", "dt_s", "time_s") and not np.all(
+                    np.isfinite(block)
+                ):
+                    rep.problems.append(f"{name}/{a}: non-finite values in chunk {rel}")
+                if a == "dt_s" and np.any(block < 0):
+                    rep.problems.append(f"{name}/dt_s: negative time steps")
+        if len(rep.problems) > before:
+            rep.damaged_episodes.append(name)
+        else:
+            rep.episodes += 1
+            rep.frames += n
+    return rep
