@@ -166,7 +166,8 @@ def default_config() -> dict[str, Any]:
         "timeout_s": 10.0,  # client RPC timeout (connect, tick, sensor wait)
         "town": "Town04",  # loaded if different; None keeps the server's map
         "vehicle": "vehicle.tesla.model3",
-        "camera": {"height": 78, "width": 200, "fov_deg": 90.0, "height_m": 1.4, "pitch_deg": 5.0},
+        # as envs.camera.CameraSpec: horizontal FOV, pitch_deg > 0 looks down
+        "camera": {"height": 78, "width": 200, "fov_deg": 60.0, "height_m": 1.3, "pitch_deg": 4.0},
         "camera_forward_m": 0.8,  # camera ahead of the vehicle origin
         "policy_frequency": 10.0,  # Hz; step() lasts 1/policy_frequency s
         "sim_dt_s": 0.05,  # largest fixed delta per tick (synchronous mode)
@@ -183,6 +184,9 @@ def default_config() -> dict[str, Any]:
         "wheelbase_m": 2.9,  # used when the vehicle's physics control is unreadable
         "max_steer_deg": 70.0,  # likewise
         "max_steps": 3000,
+        # False: a crash is reported in info and the drive goes on (callers recover());
+        # True: terminated=True on a crash.
+        "terminate_on_crash": False,
         "num_npc_vehicles": 0,  # other traffic, driven by the Traffic Manager
         "seed_spawn_points": True,  # random spawn point per reset (seeded)
     }
@@ -241,6 +245,9 @@ def validate_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     _check_number(cfg, "lookahead_m", 0.0, 100.0)
     _check_number(cfg, "wheelbase_m", 0.0, 20.0)
     _check_number(cfg, "max_steer_deg", 0.0, 90.0)
+    for k in ("autopilot", "terminate_on_crash", "seed_spawn_points"):
+        if not isinstance(cfg[k], bool):
+            raise ValueError(f"config[{k!r}] must be True or False, got {cfg[k]!r}")
     for k in ("max_steps", "num_npc_vehicles"):
         v = cfg[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "max_steps" else 0):
@@ -297,7 +304,7 @@ class CarlaEnv(gym.Env):
         self.observation_space = spaces.Dict(
             {
                 "image": spaces.Box(0, 255, (h, w, 3), np.uint8),
-                "speed": spaces.Box(0.0, np.inf, (1,), np.float32),
+                "speed": spaces.Box(0.0, 100.0, (1,), np.float32),  # m/s
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -662,6 +669,7 @@ class CarlaEnv(gym.Env):
             "dt_s": float(dt),
             "crashed": crashed,
             "collision": bool(collision),
+            "applied_steering": float(self._vehicle.get_control().steer),
             "lap_progress": float(min(1.0, dist / self._route_len)) if self._route_len > 0 else 0.0,
             "lane_width_m": float(self._rwidth[i]),
             "weather": weather_dict(self.weather),
@@ -722,7 +730,7 @@ class CarlaEnv(gym.Env):
         frame = self._tick(0.0, float(self.config["sim_dt_s"]))
         self._time = 0.0
         self._episode_live = True
-        return self._observe(frame, 0.0)
+        return self._observe(frame, 1.0 / float(self.config["policy_frequency"]))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
@@ -745,7 +753,7 @@ class CarlaEnv(gym.Env):
         obs, info = self._observe(frame, dt_s)
         half = 0.5 * info["lane_width_m"]
         reward = 0.0 if info["crashed"] else 1.0 - min(abs(info["cross_track_m"]) / half, 1.0)
-        terminated = bool(info["crashed"])
+        terminated = bool(info["crashed"] and self.config["terminate_on_crash"])
         truncated = bool(info["lap_progress"] >= 1.0 or self._steps >= self.config["max_steps"])
         return obs, float(reward), terminated, truncated, info
 
@@ -768,7 +776,9 @@ class CarlaEnv(gym.Env):
             c.Rotation(0.0, math.degrees(float(self._ryaw[i])), 0.0),
         )
         self._vehicle.set_transform(tf)
-        self._vehicle.set_target_velocity(c.Vector3D(0.0, 0.0, 0.0))
+        v, yaw = float(self.config["target_speed_mps"]), float(self._ryaw[i])
+        # go on at the target speed along the lane, as a driver who took over would
+        self._vehicle.set_target_velocity(c.Vector3D(v * math.cos(yaw), v * math.sin(yaw), 0.0))
         self._vehicle.set_target_angular_velocity(c.Vector3D(0.0, 0.0, 0.0))
         self._controller.reset()
         dt = float(self.config["sim_dt_s"])

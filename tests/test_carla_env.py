@@ -404,6 +404,7 @@ def test_weather_with_the_real_client():
         ({"corruption": "snow", "severity": 2}, "no native CARLA weather"),
         ({"colour": "red"}, "unknown CARLA env config keys"),
         ({"host": ""}, "CARLA_HOST"),
+        ({"autopilot": "yes"}, "True or False"),
     ],
 )
 def test_bad_config_is_a_clear_error(override, match):
@@ -416,8 +417,8 @@ def test_config_defaults_and_env_vars(monkeypatch):
     monkeypatch.setenv("CARLA_PORT", "2010")
     cfg = validate_config({"camera": {"height": 64}})
     assert (cfg["host"], cfg["port"]) == ("gpu-box", 2010)
-    assert cfg["camera"] == {"height": 64, "width": 200, "fov_deg": 90.0, "height_m": 1.4,
-                             "pitch_deg": 5.0}  # fmt: skip
+    assert cfg["camera"] == {"height": 64, "width": 200, "fov_deg": 60.0, "height_m": 1.3,
+                             "pitch_deg": 4.0}  # fmt: skip
 
 
 def test_module_imports_without_carla_and_construction_says_how_to_install():
@@ -489,19 +490,31 @@ def test_episode_on_fake_server_follows_contract_and_tears_down(server):
     assert len(w.destroyed) == 5 and len(w.applied) == 4
 
 
-def test_leaving_the_road_crashes_and_recover_puts_the_car_back(server):
-    env = CarlaEnv(**SMALL)
-    env.reset(seed=0)
-    term = False
+@pytest.mark.parametrize("terminate", [False, True])
+def test_leaving_the_road_crashes_and_recover_puts_the_car_back(server, terminate):
+    env = CarlaEnv(terminate_on_crash=terminate, **SMALL)
+    _, info = env.reset(seed=0)
+    assert info["dt_s"] == pytest.approx(0.1)  # first frame: the nominal step
     for _ in range(60):
         _, _, term, _, info = env.step(np.array([0.3], np.float32))
-        if term:
+        if info["crashed"]:
             break
-    assert term and info["crashed"] and not info["on_road"] and info["cross_track_m"] > 1.75
-    _, info = env.recover()
+    assert info["crashed"] and not info["on_road"] and info["cross_track_m"] > 1.75
+    assert term is terminate and info["applied_steering"] == pytest.approx(0.3)
+    obs, info = env.recover()
     assert abs(info["cross_track_m"]) < 0.2 and abs(info["heading_error_rad"]) < 1e-3
     assert info["on_road"] and not info["crashed"]
+    assert 7.5 < float(obs["speed"][0]) < 8.5  # goes on at the target speed
     env.close()
+
+
+def test_gymnasium_check_env_on_the_fake_server(server):
+    from gymnasium.utils.env_checker import check_env
+
+    env = CarlaEnv(**SMALL)
+    check_env(env, skip_render_check=True)
+    env.close()
+    assert not server.world.settings.synchronous_mode
 
 
 def test_bad_action_is_a_clear_error(server):
@@ -562,6 +575,7 @@ def test_autopilot_mode_labels_with_the_autopilot_steer(server):
     assert car.autopilot and {"set_path", "set_desired_speed"} <= set(server.tm.calls)
     _, _, _, _, info = env.step(np.array([-1.0], np.float32))  # ignored: the TM drives
     assert info["expert_steering"] == pytest.approx(0.125) and car.control.steer == 0.125
+    assert info["applied_steering"] == pytest.approx(0.125)
     env.close()
     assert car.autopilot is False
 
