@@ -1,0 +1,426 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+A RUN directory holds
+
+- ``model.safetensors``: the policy's ``state_dict``;
+- ``config.json``: the caller's config (training settings, dataset fingerprint, ...) plus
+  what is needed to rebuild the policy from the directory alone: ``policy`` (factory name),
+  ``image_hw``, ``policy_spec`` (factory keyword arguments, the wiring written out),
+  ``tensors`` (name → shape, dtype), ``files`` (name → SHA-256), ``package_version``;
+- optionally ``optimizer.safetensors`` + ``optimizer.json``: any nested training state
+  (optimizer/scheduler ``state_dict``, epoch, RNG states) split into tensors and a JSON
+  skeleton that points at them, so resuming needs no pickle either;
+- optionally ``extra.safetensors``: named tensors the caller wants kept beside the model.
+
+Every file is written to a temporary name, fsynced and moved into place with ``os.replace``;
+``config.json`` goes last and records the SHA-256 of the other files, so a save interrupted
+between two renames is detected on load instead of silently mixing two epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from policies.factory import POLICY_NAMES, rebuild
+from policies.policy import Policy
+
+FORMAT = "liquid-drive-checkpoint"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+EXTRA_FILE = "extra.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+# Keys of config.json that save_checkpoint owns (derived from the policy).
+RESERVED_KEYS = ("policy", "image_hw", "policy_spec", "parameters", "parameter_breakdown",
+                 "core", "tensors", "files", "package_version", "format", "format_version")
+
+_CONVERT_HINT = (
+    "pickled checkpoints are not loaded for safety; convert with, in a Python session you "
+    "trust: `from policies import build_policy, save_checkpoint; p = build_policy(NAME); "
+    "p.load_state_dict(torch.load(PATH, weights_only=True)); save_checkpoint(RUN_DIR, p, {})` "
+    "(unpickling an untrusted file can run arbitrary code)"
+)
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("liquid-drive")
+    except Exception:  # not installed as a distribution
+        from driving import __version__
+
+        return __version__
+
+
+# ---------------------------------------------------------------------- file helpers
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tmp_path(run_dir: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+    tmp = _tmp_path(run_dir, name)
+    # clone: safetensors refuses tensors that share storage, and wants contiguous CPU data
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+              str(tmp), metadata={"format": FORMAT})
+    _fsync(tmp)
+    return tmp
+
+
+def _write_json(run_dir: Path, name: str, obj: Any) -> Path:
+    tmp = _tmp_path(run_dir, name)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+# ---------------------------------------------------------------------- nested state
+def flatten_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested training state into a JSON skeleton and named tensors (no pickle).
+
+    Tensors and numpy arrays become ``{"__tensor__": key}`` / ``{"__ndarray__": key}``;
+    tuples and dicts with non-string keys (optimizer states are keyed by parameter index)
+    are tagged so `unflatten_state` restores them exactly.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = x
+            return {"__tensor__": key}
+        if isinstance(x, np.ndarray):
+            key = f"t{len(tensors)}"
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(x))
+            return {"__ndarray__": key}
+        if isinstance(x, np.generic):
+            return x.item()
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v) for v in x]}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in x):
+                return {k: enc(v) for k, v in x.items()}
+            return {"__dict__": [[enc(k), enc(v)] for k, v in x.items()]}
+        raise ValueError(
+            f"cannot store a {type(x).__name__} in a checkpoint without pickle; use tensors, "
+            "arrays, numbers, strings, lists, tuples and dicts"
+        )
+
+    return enc(state), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `flatten_state`."""
+
+    def dec(x: Any) -> Any:
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if isinstance(x, dict):
+            if "__tensor__" in x:
+                return tensors[x["__tensor__"]]
+            if "__ndarray__" in x:
+                return tensors[x["__ndarray__"]].numpy()
+            if "__tuple__" in x:
+                return tuple(dec(v) for v in x["__tuple__"])
+            if "__dict__" in x:
+                return {_hashable(dec(k)): dec(v) for k, v in x["__dict__"]}
+            return {k: dec(v) for k, v in x.items()}
+        return x
+
+    try:
+        return dec(skeleton)
+    except KeyError as exc:
+        raise ValueError(f"training state refers to tensor {exc} missing from its file") from None
+
+
+def _hashable(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k
+
+
+# ---------------------------------------------------------------------- save
+def _core_summary(policy: Policy) -> dict[str, Any]:
+    core = policy.core
+    out: dict[str, Any] = {"type": "none" if core is None else type(core).__name__,
+                           "state_size": policy.state_size, "uses_time": policy.uses_time,
+                           "time_unit_s": policy.time_unit_s}
+    wiring = getattr(core, "wiring", None)
+    if wiring is not None:
+        out.update(units=wiring.units, synapses=wiring.synapse_count,
+                   sensory_synapses=wiring.sensory_synapse_count, wiring_kind=wiring.kind)
+    return out
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    policy: Policy,
+    config: dict[str, Any] | None = None,
+    optimizer_state: Any = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the policy (and optionally resumable training state) to `run_dir` atomically.
+
+    ``optimizer_state`` is any nested state (e.g. ``{"optimizer": opt.state_dict(),
+    "epoch": 3}``); read it back with `load_optimizer_state`. Returns the directory.
+    """
+    if not isinstance(policy, Policy):
+        raise ValueError(f"save_checkpoint needs a policies.Policy, got {type(policy).__name__}")
+    config = dict(config or {})
+    spec = policy.spec
+    for key, value in (("policy", policy.name), ("image_hw", list(policy.image_hw))):
+        if key in config and _jsonable(config[key]) != value:
+            raise ValueError(f"config[{key!r}]={config[key]!r} disagrees with the policy ({value!r})")
+    run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"{run} exists and is not a directory; give a RUN directory to save into")
+    run.mkdir(parents=True, exist_ok=True)
+
+    for name in (MODEL_FILE, CONFIG_FILE, OPTIMIZER_TENSORS, OPTIMIZER_JSON, EXTRA_FILE):
+        for stale in run.glob(f".{name}.*.tmp"):  # left by a save that was killed
+            stale.unlink(missing_ok=True)
+    state = policy.state_dict()
+    staged: dict[str, Path] = {}
+    try:
+        staged[MODEL_FILE] = _write_tensors(run, MODEL_FILE, state)
+        if optimizer_state is not None:
+            skeleton, tensors = flatten_state(optimizer_state)
+            staged[OPTIMIZER_TENSORS] = _write_tensors(run, OPTIMIZER_TENSORS, tensors)
+            staged[OPTIMIZER_JSON] = _write_json(run, OPTIMIZER_JSON, {"format": FORMAT, "state": skeleton})
+        if extra_tensors:
+            staged[EXTRA_FILE] = _write_tensors(run, EXTRA_FILE, dict(extra_tensors))
+        full = dict(config)
+        full.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            package_version=package_version(),
+            policy=policy.name,
+            image_hw=list(policy.image_hw),
+            policy_spec=spec,
+            parameters=policy.parameter_count(),
+            parameter_breakdown=policy.parameter_breakdown(),
+            core=_core_summary(policy),
+            tensors={k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+                     for k, v in state.items()},
+            files={name: _sha256(tmp) for name, tmp in staged.items()},
+        )
+        try:
+            json.dumps(full)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config must be JSON-serialisable: {exc}") from None
+        staged_config = _write_json(run, CONFIG_FILE, full)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for name, tmp in staged.items():
+        os.replace(tmp, run / name)
+    os.replace(staged_config, run / CONFIG_FILE)  # last: it vouches for the files above
+    for name in (OPTIMIZER_TENSORS, OPTIMIZER_JSON, EXTRA_FILE):
+        if name not in staged:  # stale files of an earlier save would no longer match
+            (run / name).unlink(missing_ok=True)
+    _fsync_dir(run)
+    return run
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x)) if isinstance(x, (tuple, list)) else x
+
+
+# ---------------------------------------------------------------------- load
+def _looks_pickled(path: Path) -> bool:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"  # pickle protocol ≥ 2, torch zip
+
+
+def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
+    """The RUN directory for `run_dir` (a file inside it is accepted), or a clear ValueError."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise ValueError(f"checkpoint directory {path} does not exist")
+    if path.is_file():
+        if _looks_pickled(path):
+            raise ValueError(f"{path}: {_CONVERT_HINT}")
+        if path.name in (MODEL_FILE, CONFIG_FILE):
+            path = path.parent
+        else:
+            raise ValueError(f"{path} is a file, not a checkpoint directory (RUN/ with "
+                             f"{MODEL_FILE} and {CONFIG_FILE})")
+    missing = [n for n in (MODEL_FILE, CONFIG_FILE) if not (path / n).is_file()]
+    if missing:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise ValueError(f"{path} holds {', '.join(pickles)} but no {MODEL_FILE}: {_CONVERT_HINT}")
+        raise ValueError(f"{path} is not a checkpoint: missing {', '.join(missing)} "
+                         f"(written by `driving train` / policies.save_checkpoint)")
+    return path
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a checkpoint, validated (without loading any tensors)."""
+    path = resolve_run_dir(run_dir)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path / CONFIG_FILE} is unreadable: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / CONFIG_FILE} must hold a JSON object")
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path / CONFIG_FILE} is not a liquid-drive checkpoint config "
+                         f"(format={config.get('format')!r}, expected {FORMAT!r})")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {config['format_version']} is newer than "
+                         f"this liquid-drive understands ({FORMAT_VERSION}); upgrade the package")
+    for key in ("policy", "image_hw", "policy_spec", "tensors", "files"):
+        if key not in config:
+            raise ValueError(f"{path / CONFIG_FILE} lacks the key {key!r}")
+    if config["policy"] not in POLICY_NAMES:
+        raise ValueError(f"{path}: unknown policy {config['policy']!r}; valid names: "
+                         f"{', '.join(POLICY_NAMES)}")
+    return config
+
+
+def _check_file(path: Path, name: str, config: dict[str, Any]) -> None:
+    expected = config["files"].get(name)
+    if expected is None:
+        raise ValueError(f"{path / CONFIG_FILE} does not list {name}")
+    if not (path / name).is_file():
+        raise ValueError(f"{path} is missing {name} that its config lists")
+    if _sha256(path / name) != expected:
+        raise ValueError(f"{path / name} does not match {CONFIG_FILE} (SHA-256 differs): the "
+                         "checkpoint is torn (a save was interrupted) or was edited")
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    if _looks_pickled(file):
+        raise ValueError(f"{file} holds pickled data, not safetensors: {_CONVERT_HINT}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{file} is not a valid safetensors file: {exc}") from None
+
+
+def load_policy(run_dir: str | os.PathLike) -> tuple[Policy, dict[str, Any]]:
+    """Rebuild the policy of a RUN directory (architecture from config.json, weights from
+    model.safetensors), in eval mode, on the CPU. Returns ``(policy, config)``."""
+    path = resolve_run_dir(run_dir)
+    config = read_config(path)
+    _check_file(path, MODEL_FILE, config)
+    tensors = _load_tensors(path / MODEL_FILE)
+    recorded = {k: (list(v["shape"]), v["dtype"]) for k, v in config["tensors"].items()}
+    actual = {k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in tensors.items()}
+    if recorded != actual:
+        raise ValueError(f"{path}: tensors in {MODEL_FILE} do not match {CONFIG_FILE}: "
+                         + _diff(recorded, actual, "config", "file"))
+    try:
+        policy = rebuild(config["policy_spec"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: cannot rebuild policy {config['policy']!r} from its config: "
+                         f"{exc}") from None
+    if policy.name != config["policy"]:
+        raise ValueError(f"{path}: config says policy {config['policy']!r} but its spec builds "
+                         f"{policy.name!r}")
+    wanted = {k: (list(v.shape), str(v.dtype).replace("torch.", ""))
+              for k, v in policy.state_dict().items()}
+    if wanted != actual:
+        raise ValueError(f"{path}: tensors do not match the {config['policy']} architecture in "
+                         "its config: " + _diff(wanted, actual, "architecture", "file"))
+    policy.load_state_dict(tensors, strict=True)
+    policy.eval()
+    return policy, config
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], an: str, bn: str) -> str:
+    parts = []
+    only_a = sorted(set(a) - set(b))
+    only_b = sorted(set(b) - set(a))
+    if only_a:
+        parts.append(f"missing from {bn}: {only_a[:5]}{' ...' if len(only_a) > 5 else ''}")
+    if only_b:
+        parts.append(f"unexpected in {bn}: {only_b[:5]}{' ...' if len(only_b) > 5 else ''}")
+    bad = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+    if bad:
+        parts.append("shape/dtype differs for " + ", ".join(
+            f"{k} ({an} {a[k][0]} {a[k][1]}, {bn} {b[k][0]} {b[k][1]})" for k in bad[:5]))
+    return "; ".join(parts)
+
+
+def load_optimizer_state(run_dir: str | os.PathLike) -> Any | None:
+    """The training state saved with ``optimizer_state=``, or None when the save had none."""
+    path = resolve_run_dir(run_dir)
+    config = read_config(path)
+    if OPTIMIZER_TENSORS not in config["files"]:
+        return None
+    _check_file(path, OPTIMIZER_TENSORS, config)
+    _check_file(path, OPTIMIZER_JSON, config)
+    tensors = _load_tensors(path / OPTIMIZER_TENSORS)
+    try:
+        doc = json.loads((path / OPTIMIZER_JSON).read_text(encoding="utf-8"))
+        skeleton = doc["state"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path / OPTIMIZER_JSON} is unreadable: {exc}") from None
+    return unflatten_state(skeleton, tensors)
+
+
+def load_extra_tensors(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors saved with ``extra_tensors=`` (empty dict when none)."""
+    path = resolve_run_dir(run_dir)
+    config = read_config(path)
+    if EXTRA_FILE not in config["files"]:
+        return {}
+    _check_file(path, EXTRA_FILE, config)
+    return _load_tensors(path / EXTRA_FILE)

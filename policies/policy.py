@@ -1,0 +1,254 @@
+"""A driving policy: perception CNN → recurrent core (or a feed-forward head) → steering.
+
+Steering is ``tanh(readout(core output))``: the environment's action space is [−1, 1], and a
+tanh keeps both training targets and closed-loop actions in that range while, unlike a
+clamp, never cutting the gradient to zero (lane-keeping steering is mostly small, where
+tanh is nearly linear).
+
+Elapsed time: callers pass real seconds (``timespans`` (B,T), ``dt``). Cores that use time
+(LTC, CfC, CT-RNN: ``uses_time``) receive it in units of ``time_unit_s`` (the nominal frame
+interval, 0.1 s by default), so a frame on schedule is Δt = 1 — the scale the cells'
+initialisations are made for — and a dropped frame is Δt = 2. Without timespans every step
+is one nominal interval. LSTM, GRU and the feed-forward CNN ignore time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from policies.baselines import LSTMCore
+from policies.cnn import PerceptionCNN
+
+State = Any  # a tensor (B, state_size), or a tuple (h, c) for the LSTM
+
+
+def _as_tensor(x: Any, what: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        if not x.flags.writeable:
+            x = x.copy()
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise ValueError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+class Policy(nn.Module):
+    """CNN + core + readout. Built by `policies.factory.build_policy`; see module doc."""
+
+    def __init__(
+        self,
+        name: str,
+        cnn: PerceptionCNN,
+        core: nn.Module | None,
+        readout: nn.Module,
+        uses_time: bool,
+        time_unit_s: float = 0.1,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not time_unit_s > 0:
+            raise ValueError(f"time_unit_s must be > 0 seconds, got {time_unit_s}")
+        self.name = name
+        self.cnn = cnn
+        self.core = core
+        self.readout = readout
+        self.uses_time = bool(uses_time)
+        self.time_unit_s = float(time_unit_s)
+        self.image_hw = cnn.image_hw
+        # JSON description from which the factory rebuilds this policy (checkpoints).
+        self.spec: dict[str, Any] = dict(spec or {"policy": name, "image_hw": list(cnn.image_hw)})
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def state_size(self) -> int:
+        return 0 if self.core is None else int(self.core.state_size)
+
+    @property
+    def units(self) -> int:
+        """Neurons reported by `neuron_states` (the core's state, or the head's last layer)."""
+        if self.core is None:
+            return int(self.readout.hidden_sizes[-1])
+        return int(self.core.state_size)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Trainable parameters of the CNN, the core and the readout (paper Table 2 style)."""
+
+        def count(m: nn.Module | None) -> int:
+            return 0 if m is None else sum(p.numel() for p in m.parameters())
+
+        return {"cnn": count(self.cnn), "core": count(self.core), "readout": count(self.readout),
+                "total": self.parameter_count()}
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, parameters={self.parameter_count()}, uses_time={self.uses_time}"
+
+    # ------------------------------------------------------------------ state
+    def initial_state(self, batch: int = 1) -> State:
+        """Zero state for `batch` sequences (a (B,0) tensor for the stateless CNN policy)."""
+        ref = self.readout.out.weight if self.core is None else next(self.parameters())
+        if self.core is None:
+            return ref.new_zeros(batch, 0)
+        if hasattr(self.core, "initial_state"):
+            return self.core.initial_state(batch)
+        return ref.new_zeros(batch, self.core.state_size)
+
+    def _check_state(self, hx: State, batch: int) -> None:
+        size = self.state_size
+        if isinstance(self.core, LSTMCore):
+            ok = (isinstance(hx, (tuple, list)) and len(hx) == 2
+                  and all(isinstance(t, torch.Tensor) and tuple(t.shape) == (batch, size)
+                          for t in hx))
+            if not ok:
+                raise ValueError(
+                    f"{self.name} state must be a tuple (h, c) of two ({batch}, {size}) tensors "
+                    f"(see initial_state), got {_describe(hx)}"
+                )
+            return
+        if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != (batch, size):
+            raise ValueError(
+                f"{self.name} state must be a tensor of shape ({batch}, {size}) "
+                f"(see initial_state), got {_describe(hx)}"
+            )
+
+    # ------------------------------------------------------------------ input checks
+    def _frames(self, images: Any, seq: bool) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Validate frames, return them flattened to (N, ...) for the CNN and the lead dims."""
+        h, w = self.image_hw
+        x = _as_tensor(images, "images")
+        lead = 2 if seq else 1
+        lead_txt = "(B, T, " if seq else "(B, "
+        if x.dtype == torch.uint8:
+            shape_ok = x.dim() == lead + 3 and tuple(x.shape[lead:]) == (h, w, 3)
+        elif x.is_floating_point():
+            shape_ok = x.dim() == lead + 3 and tuple(x.shape[lead:]) == (3, h, w)
+        else:
+            shape_ok = False
+        if not shape_ok:
+            raise ValueError(
+                f"{self.name}: expected uint8 frames {lead_txt}{h}, {w}, 3) (or whitened float "
+                f"{lead_txt}3, {h}, {w})), got {x.dtype} {tuple(x.shape)}"
+            )
+        lead_dims = tuple(x.shape[:lead])
+        return x.reshape(-1, *x.shape[lead:]), lead_dims
+
+    def _time_units(self, timespans: Any, b: int, t: int) -> torch.Tensor | None:
+        """Validate elapsed seconds (B,T) and convert to the cores' time unit."""
+        if timespans is None:
+            return None
+        ts = _as_tensor(timespans, "timespans")
+        if tuple(ts.shape) != (b, t) or not ts.is_floating_point():
+            raise ValueError(
+                f"timespans must be float elapsed seconds of shape ({b}, {t}), got "
+                f"{ts.dtype} {tuple(ts.shape)}"
+            )
+        if not bool(torch.isfinite(ts).all()) or bool((ts <= 0).any()):
+            raise ValueError("timespans must be finite and > 0 seconds (found NaN/inf/zero/negative)")
+        return ts.to(torch.float32) / self.time_unit_s
+
+    # ------------------------------------------------------------------ compute
+    def _run(
+        self, feats: torch.Tensor, hx: State, dt: torch.Tensor | None, want_states: bool
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """Core + readout on CNN features (B,T,F), no input checks (also used for export)."""
+        if self.core is None:
+            hidden = self.readout.features(feats)
+            steering = torch.tanh(self.readout.out(hidden)).squeeze(-1)
+            return steering, hx, hidden if want_states else None
+        dt = dt if self.uses_time else None
+        if want_states:
+            states, h = self.core(feats, hx, dt, return_states=True)
+            out = self._motor(states) if self._liquid else states
+        else:
+            out, h = self.core(feats, hx, dt)
+            states = None
+        steering = torch.tanh(self.readout(out)).squeeze(-1)
+        return steering, h, states
+
+    def _motor(self, states: torch.Tensor) -> torch.Tensor:
+        """A liquid core's output from all its states (motor neurons, then its output map)."""
+        if hasattr(self.core, "_map_outputs"):
+            return self.core._map_outputs(states)
+        return states[..., : self.core.output_size]
+
+    @property
+    def _liquid(self) -> bool:
+        return hasattr(self.core, "wiring")
+
+    def forward(
+        self,
+        images: Any,
+        hx: State = None,
+        timespans: Any = None,
+        return_states: bool = False,
+    ):
+        """Steering (B,T) and the last state for uint8 frames (B,T,H,W,3).
+
+        With ``return_states=True`` also returns all neuron states (B,T,units) as a third item.
+        """
+        frames, (b, t) = self._frames(images, seq=True)
+        dt = self._time_units(timespans, b, t)
+        if hx is None:
+            hx = self.initial_state(b)
+        else:
+            self._check_state(hx, b)
+        feats = self.cnn(frames).reshape(b, t, -1)
+        steering, h, states = self._run(feats, hx, dt, return_states)
+        if return_states:
+            return steering, h, states
+        return steering, h
+
+    def neuron_states(self, images: Any, hx: State = None, timespans: Any = None) -> torch.Tensor:
+        """States of all core neurons over time (B,T,units), for per-neuron explanations.
+
+        For the feed-forward CNN policy these are the head's last hidden layer activations.
+        """
+        return self.forward(images, hx, timespans, return_states=True)[2]
+
+    @torch.no_grad()
+    def step(self, image: Any, h: State = None, dt: Any = None) -> tuple[torch.Tensor, State]:
+        """One closed-loop control step: frame(s) (H,W,3) or (B,H,W,3) → steering (B,), state.
+
+        ``dt`` is the real elapsed time in seconds since the previous frame (float or (B,));
+        None means one nominal interval (``time_unit_s``).
+        """
+        x = _as_tensor(image, "image")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        frames, (b,) = self._frames(x, seq=False)
+        if h is None:
+            h = self.initial_state(b)
+        else:
+            self._check_state(h, b)
+        dt_units = None
+        if dt is not None:  # validated even where ignored: a wrong dt is a caller bug
+            ts = torch.as_tensor(dt, dtype=torch.float32)
+            if ts.dim() == 0:
+                ts = ts.expand(b)
+            if tuple(ts.shape) != (b,):
+                raise ValueError(f"dt must be a float or a ({b},) tensor of seconds, got {tuple(ts.shape)}")
+            dt_units = self._time_units(ts.reshape(b, 1), b, 1) if self.uses_time else None
+        feats = self.cnn(frames)
+        if self.core is not None and hasattr(self.core, "step"):
+            # The liquid cells' own closed-loop step (cached parameter transforms).
+            y, h = self.core.step(feats, h, None if dt_units is None else dt_units[:, 0])
+            return torch.tanh(self.readout(y)).squeeze(-1), h
+        steering, h, _ = self._run(feats.unsqueeze(1), h, dt_units, False)
+        return steering[:, 0], h
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"{type(x).__name__} of {len(x)}: " + ", ".join(_describe(v) for v in x)
+    return type(x).__name__
+
+
+__all__ = ["Policy"]

@@ -1,0 +1,268 @@
+"""Checkpoints: safetensors + JSON, atomic, rebuilt from the directory alone, no pickle."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from policies.checkpoint import (
+    flatten_state,
+    load_extra_tensors,
+    load_optimizer_state,
+    load_policy,
+    read_config,
+    save_checkpoint,
+    unflatten_state,
+)
+from policies.factory import build_policy
+
+HW = (24, 40)
+
+
+def frames(b=2, t=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, t, *HW, 3), dtype=torch.uint8, generator=g)
+
+
+def train_step(p, opt, seed=0):
+    opt.zero_grad()
+    steer, _ = p(frames(seed=seed), timespans=torch.full((2, 3), 0.1))
+    (steer - 0.3).pow(2).mean().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("name", ["ncp-cfc", "ncp-ltc", "ncp-random", "lstm", "ctrnn", "cnn"])
+def test_roundtrip_rebuilds_the_same_function(tmp_path, name):
+    p = build_policy(name, image_hw=HW, seed=4)
+    opt = torch.optim.SGD(p.parameters(), lr=0.1)
+    train_step(p, opt)  # weights differ from a fresh build
+    run = tmp_path / "run"
+    save_checkpoint(run, p, {"lr": 0.1, "dataset": "abc123"})
+    assert sorted(os.listdir(run)) == ["config.json", "model.safetensors"]
+    q, cfg = load_policy(run)
+    assert cfg["policy"] == name and cfg["image_hw"] == list(HW)
+    assert cfg["lr"] == 0.1 and cfg["dataset"] == "abc123"
+    assert cfg["parameters"] == p.parameter_count()
+    assert cfg["package_version"]
+    assert not q.training
+    with torch.no_grad():
+        a, _ = p(frames(seed=9), timespans=torch.full((2, 3), 0.2))
+        b, _ = q(frames(seed=9), timespans=torch.full((2, 3), 0.2))
+    assert torch.equal(a, b)
+    if name.startswith("ncp"):
+        assert q.core.wiring == p.core.wiring
+        assert cfg["core"]["units"] == 19
+
+
+def test_random_wiring_is_restored_not_redrawn(tmp_path):
+    from policies.wiring import Wiring
+
+    w = Wiring.random(seed=77)
+    p = build_policy("ncp-random", image_hw=HW, seed=1, wiring=w)
+    save_checkpoint(tmp_path, p, {})
+    q, _ = load_policy(tmp_path)
+    assert q.core.wiring == w
+
+
+def test_optimizer_state_resumes_bit_identically(tmp_path):
+    p = build_policy("ncp-cfc", image_hw=HW, seed=0)
+    opt = torch.optim.Adam([{"params": p.cnn.parameters(), "lr": 1e-4},
+                            {"params": list(p.core.parameters()) + list(p.readout.parameters())}],
+                           lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    train_step(p, opt)
+    sched.step()
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": 1,
+             "rng": torch.get_rng_state(), "np_rng": np.random.default_rng(3).bit_generator.state}
+    save_checkpoint(tmp_path, p, {"epochs": 5}, optimizer_state=state)
+    assert (tmp_path / "optimizer.safetensors").is_file()
+    q, _ = load_policy(tmp_path)
+    q.train()
+    back = load_optimizer_state(tmp_path)
+    assert back["epoch"] == 1 and torch.equal(back["rng"], state["rng"])
+    assert back["np_rng"] == state["np_rng"]
+    opt2 = torch.optim.Adam([{"params": q.cnn.parameters(), "lr": 1e-4},
+                             {"params": list(q.core.parameters()) + list(q.readout.parameters())}],
+                            lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    sched2.load_state_dict(back["scheduler"])
+    for s in (1, 2):
+        train_step(p, opt, seed=s)
+        train_step(q, opt2, seed=s)
+    for (k, a), b in zip(p.state_dict().items(), q.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_flatten_roundtrip_of_nested_state():
+    state = {"a": (1, 2.5, None, "x"), 3: {"t": torch.arange(4.0), "n": np.eye(2)},
+             "nan": math.inf, "__odd": [True, torch.tensor(7)]}
+    skel, tensors = flatten_state(state)
+    json.dumps(skel)  # JSON only
+    back = unflatten_state(json.loads(json.dumps(skel)), tensors)
+    assert back["a"] == (1, 2.5, None, "x")
+    assert torch.equal(back[3]["t"], torch.arange(4.0)) and np.array_equal(back[3]["n"], np.eye(2))
+    assert back["nan"] == math.inf and back["__odd"][0] is True
+    with pytest.raises(ValueError, match="without pickle"):
+        flatten_state({"f": object()})
+
+
+def test_saving_without_optimizer_removes_a_stale_one(tmp_path):
+    p = build_policy("gru", image_hw=HW)
+    save_checkpoint(tmp_path, p, {}, optimizer_state={"step": torch.tensor(1)},
+                    extra_tensors={"mean": torch.ones(3)})
+    assert torch.equal(load_extra_tensors(tmp_path)["mean"], torch.ones(3))
+    save_checkpoint(tmp_path, p, {})
+    assert load_optimizer_state(tmp_path) is None
+    assert load_extra_tensors(tmp_path) == {}
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    p = build_policy("lstm", image_hw=HW, seed=1)
+    save_checkpoint(tmp_path, p, {"epoch": 1})
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    q = build_policy("lstm", image_hw=HW, seed=2)
+    with pytest.raises(ValueError, match="JSON"):
+        save_checkpoint(tmp_path, q, {"epoch": object()})
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    with pytest.raises(ValueError, match="disagrees"):
+        save_checkpoint(tmp_path, q, {"policy": "gru"})
+    load_policy(tmp_path)
+
+
+def test_torn_checkpoint_is_detected(tmp_path):
+    a, b = build_policy("gru", image_hw=HW, seed=1), build_policy("gru", image_hw=HW, seed=2)
+    save_checkpoint(tmp_path / "a", a, {})
+    save_checkpoint(tmp_path / "b", b, {})
+    # the model of one save with the config of another: what an interrupted save could leave
+    os.replace(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ValueError, match="torn"):
+        load_policy(tmp_path / "a")
+
+
+def test_killed_saves_never_leave_a_half_written_checkpoint(tmp_path):
+    """SIGKILL a process that saves in a loop; whatever it leaves must load (or be flagged)."""
+    run = tmp_path / "run"
+    code = textwrap.dedent(f"""
+        import sys, torch
+        from policies.checkpoint import save_checkpoint
+        from policies.factory import build_policy
+        p = build_policy("lstm", image_hw={HW!r})
+        save_checkpoint({str(run)!r}, p, {{"i": 0}})
+        print("ready", flush=True)
+        i = 0
+        while True:
+            i += 1
+            with torch.no_grad():
+                for q in p.parameters():
+                    q.add_(0.01)
+            save_checkpoint({str(run)!r}, p, {{"i": i}}, optimizer_state={{"i": torch.tensor(i)}})
+    """)
+    progressed = []
+    for delay in (0.05, 0.21):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        try:
+            q, cfg = load_policy(run)
+        except ValueError as exc:  # only the microseconds between two renames
+            assert "torn" in str(exc)
+            continue
+        shift = float((q.readout.bias - build_policy("lstm", image_hw=HW).readout.bias).detach())
+        assert abs(shift - 0.01 * cfg["i"]) < 1e-4  # weights and config from the same save
+        assert sorted(f for f in os.listdir(run) if not f.startswith(".")) == [
+            "config.json", "model.safetensors", "optimizer.json", "optimizer.safetensors"][: 4 if cfg["i"] else 2]
+        progressed.append(cfg["i"])
+    assert any(i > 0 for i in progressed)  # the kills did land during a run of saves
+
+
+def test_missing_and_non_checkpoint_directories(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_policy(tmp_path / "nope")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        load_policy(tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="not a checkpoint directory"):
+        load_policy(tmp_path / "notes.txt")
+
+
+def test_unreadable_config_and_unknown_policy(tmp_path):
+    p = build_policy("gru", image_hw=HW)
+    save_checkpoint(tmp_path, p, {})
+    cfg_path = tmp_path / "config.json"
+    good = cfg_path.read_text()
+    cfg_path.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_policy(tmp_path)
+    cfg = json.loads(good)
+    cfg["policy"] = "transformer"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown policy 'transformer'.*ncp-cfc"):
+        load_policy(tmp_path)
+    cfg_path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="not a liquid-drive checkpoint"):
+        load_policy(tmp_path)
+
+
+def _rewrite(run, tensors=None, **changes):
+    """Edit a checkpoint by hand (as a user or another version might), keeping its hashes valid."""
+    import hashlib
+
+    if tensors is not None:
+        save_file(tensors, str(run / "model.safetensors"))
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(changes)
+    cfg["files"]["model.safetensors"] = hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
+def test_tensors_not_matching_config_or_architecture(tmp_path):
+    p = build_policy("gru", image_hw=HW)
+    save_checkpoint(tmp_path, p, {})
+    sd = {k: v.clone() for k, v in p.state_dict().items()}
+    sd["readout.weight"] = torch.zeros(1, 65)
+    del sd["readout.bias"]
+    _rewrite(tmp_path, sd)
+    with pytest.raises(ValueError, match=r"do not match config.json.*readout\.bias.*readout\.weight"):
+        load_policy(tmp_path)
+    # the file agrees with the recorded tensor list, but the spec builds another architecture
+    save_checkpoint(tmp_path, p, {})
+    cfg = read_config(tmp_path)
+    spec = dict(cfg["policy_spec"], kwargs=dict(cfg["policy_spec"]["kwargs"], units=32))
+    _rewrite(tmp_path, policy_spec=spec)
+    with pytest.raises(ValueError, match="architecture"):
+        load_policy(tmp_path)
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    p = build_policy("gru", image_hw=HW)
+    torch.save(p.state_dict(), tmp_path / "model.pt")
+    for target in (tmp_path / "model.pt", tmp_path):
+        with pytest.raises(ValueError, match="pickled checkpoints are not loaded for safety; convert"):
+            load_policy(target)
+    # a pickle under the safetensors name is refused too, without unpickling it
+    run = tmp_path / "run"
+    save_checkpoint(run, p, {})
+    torch.save(p.state_dict(), run / "model.safetensors")
+    _rewrite(run)
+    with pytest.raises(ValueError, match="pickled"):
+        load_policy(run)
+
+
+def test_a_file_inside_the_run_dir_is_accepted(tmp_path):
+    p = build_policy("cnn", image_hw=HW)
+    save_checkpoint(tmp_path, p, {})
+    q, _ = load_policy(tmp_path / "config.json")
+    assert q.name == "cnn"

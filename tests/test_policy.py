@@ -1,0 +1,233 @@
+"""Policies (CNN + core → steering), the baselines and the factory."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from policies.baselines import CTRNN
+from policies.factory import POLICY_NAMES, REGISTRY, build_policy, rebuild
+from policies.wiring import Wiring
+
+HW = (24, 40)  # tiny frames keep the suite fast; the CNN's sizes follow the input
+LIQUID = ("ncp-cfc", "ncp-ltc", "ncp-random", "ncp-full")
+
+
+def frames(b, t, seed=0, hw=HW):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, t, *hw, 3), dtype=torch.uint8, generator=g)
+
+
+@pytest.fixture(scope="module")
+def policies():
+    return {n: build_policy(n, image_hw=HW, seed=3) for n in POLICY_NAMES}
+
+
+def test_names_and_registry():
+    assert POLICY_NAMES == ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full")
+    assert tuple(REGISTRY) == POLICY_NAMES
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as exc:
+        build_policy("transformer")
+    for n in POLICY_NAMES:
+        assert n in str(exc.value)
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ValueError, match="accepted"):
+        build_policy("lstm", image_hw=HW, hidden=3)
+    with pytest.raises(ValueError, match="ltc"):
+        build_policy("ncp-cfc", image_hw=HW, core="ltc")
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_forward_shapes_bounds_and_step_parity(policies, name):
+    p = policies[name]
+    assert p.name == name
+    x = frames(2, 4)
+    ts = torch.tensor([[0.1, 0.12, 0.09, 0.25], [0.1, 0.1, 0.3, 0.05]])
+    with torch.no_grad():
+        steer, h = p(x, timespans=ts)
+    assert steer.shape == (2, 4)
+    assert bool(torch.isfinite(steer).all()) and float(steer.abs().max()) <= 1.0
+    # closed-loop steps over the same frames give the same steering and final state
+    hs = p.initial_state(2)
+    outs = []
+    for t in range(4):
+        s, hs = p.step(x[:, t], hs, dt=ts[:, t])
+        assert s.shape == (2,)
+        outs.append(s)
+    assert torch.allclose(torch.stack(outs, 1), steer, atol=1e-5)
+    flat = lambda s: torch.cat([v.reshape(-1) for v in s]) if isinstance(s, tuple) else s.reshape(-1)  # noqa: E731
+    assert torch.allclose(flat(hs), flat(h), atol=1e-5)
+    # continuing from a carried state equals running the whole sequence at once
+    s_a, h_a = p(x[:, :2], timespans=ts[:, :2])
+    s_b, _ = p(x[:, 2:], h_a, timespans=ts[:, 2:])
+    assert torch.allclose(torch.cat([s_a, s_b], 1), steer, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_neuron_states(policies, name):
+    p = policies[name]
+    states = p.neuron_states(frames(2, 3))
+    assert states.shape == (2, 3, p.units)
+    expected_units = {"lstm": 64, "gru": 64, "ctrnn": 64, "cnn": 10}.get(name, 19)
+    assert p.units == expected_units
+    steer, _, st2 = p(frames(2, 3), return_states=True)
+    assert torch.allclose(st2, states)
+    assert torch.allclose(steer, p(frames(2, 3))[0])
+
+
+def test_single_unbatched_numpy_frame_steps(policies):
+    p = policies["ncp-cfc"]
+    img = frames(1, 1)[0, 0].numpy()
+    s, h = p.step(img, None, dt=0.1)
+    assert s.shape == (1,) and h.shape == (1, 19)
+    assert s.numpy().dtype == np.float32  # usable as the env's float32 (1,) action
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_elapsed_time_matters_only_for_continuous_time_cores(policies, name):
+    p = policies[name]
+    x = frames(1, 3)
+    a, _ = p(x, timespans=torch.full((1, 3), 0.1))
+    b, _ = p(x, timespans=torch.full((1, 3), 0.4))
+    expect = name in LIQUID or name == "ctrnn"
+    assert p.uses_time == expect
+    if expect:
+        assert not torch.allclose(a, b, atol=1e-7)
+    else:
+        assert torch.equal(a, b)
+    # no timespans = one nominal interval (time_unit_s)
+    c, _ = p(x)
+    d, _ = p(x, timespans=torch.full((1, 3), p.time_unit_s))
+    assert torch.allclose(c, d, atol=1e-6)
+
+
+def test_same_seed_same_weights_other_seed_differs():
+    a = build_policy("ncp-random", image_hw=HW, seed=5)
+    b = build_policy("ncp-random", image_hw=HW, seed=5)
+    c = build_policy("ncp-random", image_hw=HW, seed=6)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.core.wiring == b.core.wiring and a.core.wiring != c.core.wiring
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    # building does not disturb the caller's RNG stream
+    torch.manual_seed(0)
+    r1 = torch.rand(3)
+    torch.manual_seed(0)
+    build_policy("gru", image_hw=HW)
+    assert torch.equal(torch.rand(3), r1)
+
+
+def test_wirings_of_the_ablations(policies):
+    ncp = policies["ncp-cfc"].core.wiring
+    assert (ncp.units, ncp.input_dim, ncp.output_dim) == (19, 32, 1)
+    assert ncp.kind == "ncp" and policies["ncp-ltc"].core.wiring == ncp
+    rnd = policies["ncp-random"].core.wiring
+    assert rnd.kind == "random" and rnd.units == 19
+    assert rnd.synapse_count == ncp.synapse_count
+    assert rnd.sensory_synapse_count == ncp.sensory_synapse_count
+    full = policies["ncp-full"].core.wiring
+    assert full.synapse_count == 19 * 19 and full.sensory_synapse_count == 32 * 19
+    assert type(policies["ncp-random"].core).__name__ == "CfC"
+    assert type(build_policy("ncp-full", image_hw=HW, core="ltc").core).__name__ == "LTC"
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_parameter_counts_and_spec_rebuild(policies, name):
+    p = policies[name]
+    br = p.parameter_breakdown()
+    assert br["total"] == p.parameter_count() == sum(v.numel() for v in p.parameters())
+    assert br["cnn"] + br["core"] + br["readout"] == br["total"]
+    assert br["cnn"] == p.cnn.parameter_count()
+    q = rebuild(p.spec)
+    assert q.name == name and q.spec == p.spec
+    assert {k: v.shape for k, v in q.state_dict().items()} == {k: v.shape for k, v in p.state_dict().items()}
+    if name in LIQUID:
+        assert q.core.wiring == p.core.wiring
+
+
+def test_paper_size_cnn_in_every_policy():
+    p = build_policy("lstm")
+    assert p.cnn.parameter_count() == 79_420
+    assert p.parameter_breakdown()["core"] == 4 * (64 * 32 + 64 * 64 + 2 * 64)
+
+
+def test_lstm_state_is_a_tuple(policies):
+    h = policies["lstm"].initial_state(3)
+    assert isinstance(h, tuple) and [t.shape for t in h] == [(3, 64), (3, 64)]
+    assert policies["cnn"].initial_state(2).shape == (2, 0)
+
+
+def test_ctrnn_matches_a_plain_reference_and_stays_bounded():
+    torch.manual_seed(0)
+    m = CTRNN(5, units=4, unfolds=3)
+    with torch.no_grad():
+        m.tau_raw.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))
+    x = torch.randn(2, 6, 5)
+    ts = torch.rand(2, 6) * 2 + 0.1
+    y, h = m(x, timespans=ts)
+    W, b, U = m.input_map.weight, m.input_map.bias, m.recurrent.weight
+    tau = torch.log1p(torch.exp(m.tau_raw)) + 0.05
+    ref = torch.zeros(2, 4)
+    for t in range(6):
+        for i in range(2):
+            d = float(ts[i, t]) / 3
+            for _ in range(3):
+                target = torch.tanh(W @ x[i, t] + b + U @ ref[i])
+                ref[i] = ref[i] + (1 - torch.exp(-d / tau)) * (target - ref[i])
+        assert torch.allclose(y[:, t], ref, atol=1e-5)
+    # small steps: the explicit Euler step of τ dh/dt = −h + tanh(Wx + Uh + b)
+    h0 = torch.randn(1, 4) * 0.3
+    d = 1e-3
+    y1, _ = m(x[:1, :1], h0, timespans=torch.full((1, 1), 3 * d))
+    rhs = (-h0 + torch.tanh(x[0, 0] @ W.T + b + h0 @ U.T)) / tau
+    assert torch.allclose((y1[0, 0] - h0[0]) / (3 * d), rhs[0], rtol=2e-2, atol=1e-3)
+    # a very long gap (dropped frames) does not blow up
+    with torch.no_grad():
+        yl, _ = m(x * 10, timespans=torch.full((2, 6), 1e4))
+    assert float(yl.abs().max()) <= 1.0
+
+
+BAD_INPUTS = [
+    (lambda p: p(frames(1, 2, hw=(24, 41))), "(B, T, 24, 40, 3)"),
+    (lambda p: p(frames(1, 2)[0]), "(B, T, 24, 40, 3)"),
+    (lambda p: p(frames(1, 2).to(torch.int16)), "int16"),
+    (lambda p: p(frames(1, 2).float()), "(B, T, 3, 24, 40)"),
+    (lambda p: p(frames(2, 3), timespans=torch.ones(2, 4)), "(2, 3)"),
+    (lambda p: p(frames(2, 3), timespans=torch.ones(3)), "(2, 3)"),
+    (lambda p: p(frames(1, 2), timespans=torch.tensor([[0.1, -0.1]])), "> 0"),
+    (lambda p: p(frames(1, 2), timespans=torch.tensor([[0.1, math.nan]])), "finite"),
+    (lambda p: p(frames(2, 2), hx=p.initial_state(3)), "(2, "),
+    (lambda p: p.step(frames(1, 1)[0, 0, :10], None), "(B, 24, 40, 3)"),
+    (lambda p: p.step(frames(1, 1)[0, 0], None, dt=torch.ones(3)), "(1,)"),
+    (lambda p: p.step([[1, 2]], None), "numpy"),
+]
+
+
+@pytest.mark.parametrize("name", ["ncp-cfc", "lstm", "ctrnn"])
+@pytest.mark.parametrize("case", range(len(BAD_INPUTS)))
+def test_bad_input_raises_valueerror_naming_expectation(policies, name, case):
+    fn, words = BAD_INPUTS[case]
+    with pytest.raises(ValueError) as exc:
+        fn(policies[name])
+    assert words in str(exc.value)
+
+
+def test_wiring_must_match_cnn_features():
+    with pytest.raises(ValueError, match="input_dim=32"):
+        build_policy("ncp-cfc", image_hw=HW, wiring=Wiring.ncp(input_dim=16))
+    p = build_policy("ncp-cfc", image_hw=HW, wiring=Wiring.ncp(inter=6, command=4, sensory_fanout=3, inter_fanout=2, recurrent_command_synapses=2, motor_fanin=2, seed=2).to_dict())
+    assert p.core.wiring.units == 11
+
+
+def test_gradients_reach_cnn_and_core(policies):
+    p = build_policy("ncp-ltc", image_hw=HW)
+    steer, _ = p(frames(2, 3), timespans=torch.full((2, 3), 0.1))
+    steer.pow(2).sum().backward()
+    assert p.cnn.conv_layers[0].weight.grad.abs().sum() > 0
+    assert all(q.grad is not None for q in p.core.parameters() if q.requires_grad)
