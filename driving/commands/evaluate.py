@@ -1,0 +1,106 @@
+"""`driving eval`: closed-loop evaluation of a checkpoint under corruptions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from driving import corruptions as C
+from driving.errors import UserError
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, e.g. 1,2,3,4,5; got {text!r}") from None
+    if not vals:
+        raise UserError(f"{what} is empty; e.g. 1,2,3,4,5")
+    return vals
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="closed-loop evaluation under corruptions → report.json, report.md, plots",
+        description=(
+            "Drive a trained checkpoint closed loop (state carried between frames) on an env, "
+            "with each camera frame corrupted before the policy sees it. Leaving the road counts "
+            "a crash; the car is put back on the lane and the run goes on. Writes OUT/report.json, "
+            "OUT/report.md, OUT/robustness.png, OUT/plots/*.png and OUT/contact_sheet.png. "
+            f"Corruptions: {', '.join(C.all_names())} (or all). Definitions: docs/evaluation.md."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="checkpoint directory (driving train --out)")
+    p.add_argument("--env", required=True, metavar="ID", help="env id, e.g. liquid_drive/LaneKeeping-v0")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per corruption and severity (default 5)")
+    p.add_argument("--corruptions", default="none,fog,rain,noise", help="comma list (default none,fog,rain,noise)")
+    p.add_argument("--severities", default="1,2,3,4,5", help="comma list of 0..5 (default 1,2,3,4,5)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="base seed of episodes and corruptions (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--steps", type=int, default=300, help="control steps per episode (default 300)")
+    p.add_argument("--env-config", default=None, metavar="JSON",
+                   help="env config overrides as JSON (or @file.json), e.g. '{\"split\": \"test\"}'")
+    p.add_argument("--expert-reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also drive the expert on the same episodes as a reference (default on)")
+    p.add_argument("--no-plots", action="store_true", help="skip plots and the contact sheet")
+    p.set_defaults(func=run)
+
+
+def parse_env_config(text: str | None) -> dict:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read --env-config file: {exc}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--env-config is not valid JSON ({exc}); e.g. '{{\"split\": \"test\"}}'") from None
+    if not isinstance(cfg, dict):
+        raise UserError("--env-config must be a JSON object, e.g. '{\"split\": \"test\"}'")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from driving.evaluate import EvalSpec, evaluate
+
+    try:
+        corruptions = tuple(C.parse_names(args.corruptions))
+        severities = _int_list(args.severities, "--severities")
+        for s in severities:
+            C.check_severity(s)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    run_dir = Path(args.checkpoint)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(
+            f"--checkpoint {run_dir} is not a checkpoint directory (no config.json); "
+            "pass the RUN directory written by `driving train --out RUN`"
+        )
+    spec = EvalSpec(
+        checkpoint=os.fspath(run_dir), env_id=args.env, env_kwargs=parse_env_config(args.env_config),
+        episodes=args.episodes, corruptions=corruptions, severities=severities, steps=args.steps,
+        seed=args.seed, expert_reference=args.expert_reference,
+    )
+    report = evaluate(spec, args.out, workers=args.workers, plots=not args.no_plots)
+    clean = next((r for r in report["results"] if r["corruption"] == "none"), report["results"][0])
+    print(
+        f"wrote {Path(args.out) / 'report.json'}: {len(report['results'])} conditions; "
+        f"{clean['corruption']}: mean |CTE| {clean['mean_abs_cross_track_m']:.3f} m, "
+        f"crashes {clean['crashes']}, autonomy {clean['autonomy_pct']:.1f}%",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,299 @@
+"""Closed-loop evaluation: crash/recover counting, timing faults, determinism, report files, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+
+from driving import corruptions as C
+from driving.cli import main
+from driving.evaluate import EvalSpec, ExpertDriver, PolicyDriver, evaluate, run_episode, tasks
+
+H, W = 24, 64
+
+
+class ToyLaneEnv:
+    """A straight two-lane road with a bicycle-model car, honouring the env contract.
+
+    The dashcam is a flat-world projection (road band, depth per row), so image
+    corruptions change what an image-reading policy sees. Counts its own off-road events
+    (``offroad_events``) as an independent check on the evaluator's crash count.
+    """
+
+    def __init__(self, speed: float = 10.0, dt: float = 0.1, offroad_m: float = 3.0) -> None:
+        self.speed, self.dt, self.offroad_m = speed, dt, offroad_m
+        self.config = {"policy_frequency": round(1 / dt), "camera": {"height": H, "width": W}}
+        self.unwrapped = self
+        self.offroad_events = 0
+        self.horizon = H // 3
+        rows = np.arange(H, dtype=np.float32) - self.horizon
+        self.focal = 30.0
+        self.row_depth = np.where(rows > 0, 1.2 * self.focal / np.maximum(rows, 1e-6), np.inf).astype(np.float32)
+
+    def reset(self, seed: int | None = None):
+        rng = np.random.default_rng(seed)
+        self.y = float(rng.uniform(-0.5, 0.5))
+        self.psi = float(rng.uniform(-0.05, 0.05))
+        self.x = 0.0
+        self.t = 0.0
+        return self._obs(), self._info(self.dt)
+
+    def _obs(self):
+        cols = np.arange(W, dtype=np.float32)[None, :]
+        d = self.row_depth[:, None]
+        centre = W / 2 + self.focal * (-self.y - np.minimum(d, 1e3) * math.sin(self.psi)) / np.minimum(d, 1e3)
+        half = self.focal * 2.0 / np.minimum(d, 1e3)
+        road = np.abs(cols - centre) < half
+        img = np.zeros((H, W, 3), np.uint8)
+        img[:] = (40, 140, 40)
+        img[road] = (90, 90, 90)
+        img[: self.horizon + 1] = (130, 170, 230)
+        return {"image": img, "speed": np.array([self.speed], np.float32)}
+
+    def _info(self, dt: float) -> dict:
+        on_road = abs(self.y) < self.offroad_m
+        return {
+            "cross_track_m": self.y, "heading_error_rad": self.psi, "curvature": 0.0,
+            "on_road": on_road, "distance_m": self.x, "crashed": not on_road,
+            "expert_steering": float(np.clip(-0.4 * self.y - 1.5 * self.psi, -1, 1)),
+            "depth": np.broadcast_to(self.row_depth[:, None], (H, W)).copy(),
+            "time_s": self.t, "dt_s": dt, "lap_progress": 0.0,
+        }
+
+    def advance(self, action, dt_s: float):
+        a = float(np.clip(np.asarray(action).reshape(-1)[0], -1, 1))
+        self.psi += self.speed / 2.5 * math.tan(0.5 * a) * dt_s
+        self.y += self.speed * math.sin(self.psi) * dt_s
+        self.x += self.speed * math.cos(self.psi) * dt_s
+        self.t += dt_s
+        info = self._info(dt_s)
+        if not info["on_road"]:
+            self.offroad_events += 1
+        return self._obs(), 0.0, not info["on_road"], False, info
+
+    def step(self, action):
+        return self.advance(action, self.dt)
+
+    def recover(self):
+        self.y, self.psi = 0.0, 0.0
+        return self._obs(), self._info(self.dt)
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedPolicy:
+    """Fixed steering; records what it was given (frames' mean, dt)."""
+
+    name = "scripted"
+    image_hw = (H, W)
+
+    def __init__(self, steering: float = 1.0, uses_time: bool = True) -> None:
+        self.steering = steering
+        self.uses_time = uses_time
+        self.dts: list = []
+        self.frame_means: list[float] = []
+
+    def initial_state(self, batch: int):
+        return 0
+
+    def step(self, image, h, dt=None):
+        self.dts.append(dt)
+        self.frame_means.append(float(np.asarray(image).mean()))
+        return np.array([self.steering], np.float32), h + 1
+
+
+class ImagePolicy:
+    """Steers toward the road seen in the bottom rows of the frame (corruptions hurt it)."""
+
+    name = "image-p"
+    image_hw = (H, W)
+    uses_time = False
+
+    def initial_state(self, batch: int):
+        return None
+
+    def step(self, image, h, dt=None):
+        img = np.asarray(image, dtype=np.float32)
+        rows = img[-6:]
+        grey = np.abs(rows[..., 0] - rows[..., 1]) < 25  # road pixels are grey
+        cols = np.nonzero(grey)[1]
+        offset = (cols.mean() - W / 2) / (W / 2) if cols.size else 0.0
+        return np.array([np.clip(1.5 * offset, -1, 1)], np.float32), h
+
+
+def _toy_env():
+    return ToyLaneEnv()
+
+
+def _image_policy():
+    return ImagePolicy()
+
+
+def _left_policy():
+    return ScriptedPolicy(1.0, uses_time=False)
+
+
+# ------------------------------------------------------------------------------ episodes
+
+
+def test_crash_and_recover_counting_matches_env():
+    env = ToyLaneEnv()
+    out = run_episode(env, PolicyDriver(ScriptedPolicy(1.0)), "none", 0, 200, 3, np.random.default_rng(0))
+    assert out["crashes"] == env.offroad_events > 10  # every off-road event counted, and recovered
+    assert out["steps"] == 200  # the run went on after each crash
+    assert out["elapsed_s"] == pytest.approx(20.0)
+    assert out["autonomy_pct"] == pytest.approx(max(0.0, (1 - out["crashes"] * 6 / 20.0) * 100))
+    assert out["completion_pct"] < 10  # the first crash came within the first second
+    assert out["lane_departures"] >= out["crashes"]
+
+
+def test_expert_keeps_lane_and_image_policy_degrades():
+    env = ToyLaneEnv()
+    expert = run_episode(env, ExpertDriver(), "none", 0, 150, 1, np.random.default_rng(0))
+    assert expert["crashes"] == 0 and expert["completion_pct"] == 100.0 and expert["autonomy_pct"] == 100.0
+    assert expert["mean_abs_cross_track_m"] < 0.3
+    assert expert["distance_m"] == pytest.approx(150, rel=0.01)
+    clean = run_episode(env, PolicyDriver(ImagePolicy()), "none", 0, 150, 1, np.random.default_rng(0))
+    assert clean["crashes"] == 0
+    noisy = run_episode(env, PolicyDriver(ImagePolicy()), "noise", 5, 150, 1, np.random.default_rng(0))
+    assert noisy["steering_jerk"] > clean["steering_jerk"]
+
+
+def test_corruption_reaches_the_policy():
+    env = ToyLaneEnv()
+    seen = []
+    pol = ScriptedPolicy(0.0)
+    run_episode(env, PolicyDriver(pol), "night", 5, 5, 0, np.random.default_rng(0), frame_hook=seen.append)
+    assert len(seen) == 5
+    clean = env.reset(seed=0)[0]["image"]
+    np.testing.assert_array_equal(seen[0], C.night(clean, None, 5, np.random.default_rng(0)))
+    assert pol.frame_means[0] < 0.5 * clean.mean()
+
+
+def test_dropped_frames_hold_action_and_pass_true_gap():
+    env = ToyLaneEnv()
+    pol = ScriptedPolicy(0.0, uses_time=True)
+    out = run_episode(env, PolicyDriver(pol), "dropped_frames", 5, 300, 0, np.random.default_rng(4))
+    assert out["held_frames"] == 300 - len(pol.dts) > 100  # ~60% dropped
+    gaps = np.array(pol.dts)
+    assert gaps[0] == pytest.approx(0.1)
+    # Every gap is a whole number of frame intervals; their sum is the time between the
+    # first and the last delivered frame.
+    assert np.allclose(gaps / 0.1, np.round(gaps / 0.1)) and gaps.max() >= 0.3 - 1e-9
+    assert gaps[1:].sum() <= out["elapsed_s"] + 1e-9
+    # A policy that does not use time gets no dt.
+    pol2 = ScriptedPolicy(0.0, uses_time=False)
+    run_episode(env, PolicyDriver(pol2), "dropped_frames", 5, 50, 0, np.random.default_rng(4))
+    assert set(pol2.dts) == {None}
+
+
+def test_jitter_advances_by_random_intervals():
+    env = ToyLaneEnv()
+    pol = ScriptedPolicy(0.0, uses_time=True)
+    out = run_episode(env, PolicyDriver(pol), "jitter", 5, 200, 0, np.random.default_rng(1))
+    gaps = np.array(pol.dts[1:])
+    assert len(pol.dts) == 200 and gaps.std() > 0.02 and gaps.min() > 0.02
+    assert gaps.mean() == pytest.approx(0.1, rel=0.1)
+    assert out["elapsed_s"] == pytest.approx(env.t)
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def _spec(**kw) -> EvalSpec:
+    base = dict(
+        checkpoint=None, env_id="toy", episodes=2, corruptions=("none", "fog", "dropped_frames"),
+        severities=(1, 5), steps=40, seed=3, policy_factory=_image_policy, env_factory=_toy_env,
+    )
+    base.update(kw)
+    return EvalSpec(**base)
+
+
+def test_task_grid():
+    spec = _spec()
+    t = tasks(spec)
+    policy = [x for x in t if x.driver == "policy"]
+    expert = [x for x in t if x.driver == "expert"]
+    assert len(policy) == (1 + 2 + 2) * 2
+    assert {(x.corruption, x.severity) for x in expert} == {("none", 0), ("dropped_frames", 1), ("dropped_frames", 5)}
+
+
+def test_evaluate_writes_report_with_schema(tmp_path):
+    report = evaluate(_spec(), tmp_path / "ev", workers=1, progress=False)
+    on_disk = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert on_disk == report
+    assert {"policy", "checkpoint", "env", "results"} <= set(report)
+    assert report["policy"] == "image-p" and report["env"] == "toy"
+    keys = ["corruption", "severity", "episodes", "distance_m", "mean_abs_cross_track_m",
+            "lane_departures_per_km", "crashes", "completion_pct", "autonomy_pct"]
+    for row in report["results"]:
+        assert list(row)[: len(keys)] == keys
+        assert row["episodes"] == 2 and len(row["per_episode"]["mean_abs_cross_track_m"]) == 2
+        assert row["distance_m"] == pytest.approx(2 * 40 * 0.1 * 10, rel=0.02)
+    assert [(r["corruption"], r["severity"]) for r in report["results"]] == [
+        ("none", 0), ("fog", 1), ("fog", 5), ("dropped_frames", 1), ("dropped_frames", 5)]
+    assert report["reference"]["policy"] == "expert"
+    assert report["reference"]["results"][0]["crashes"] == 0
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "| fog | 5 |" in md and "expert" in md
+    for f in ("contact_sheet.png", "robustness.png", "plots/mean_abs_cross_track_m.png", "plots/autonomy_pct.png"):
+        assert (tmp_path / "ev" / f).stat().st_size > 1000
+
+
+def test_same_seed_same_report_across_workers(tmp_path):
+    spec = _spec(corruptions=("none", "noise", "jitter"), severities=(3,), steps=30)
+    a = evaluate(spec, tmp_path / "a", workers=1, progress=False, plots=False)
+    b = evaluate(spec, tmp_path / "b", workers=2, progress=False, plots=False)
+    assert (tmp_path / "a" / "report.json").read_bytes() == (tmp_path / "b" / "report.json").read_bytes()
+    c = evaluate(_spec(corruptions=("none", "noise", "jitter"), severities=(3,), steps=30, seed=4),
+                 tmp_path / "c", workers=1, progress=False, plots=False)
+    assert a == b and c["results"] != a["results"]
+
+
+def test_crash_counting_through_evaluate(tmp_path):
+    spec = _spec(policy_factory=_left_policy, corruptions=("none",), episodes=1, steps=100)
+    report = evaluate(spec, tmp_path / "ev", workers=1, progress=False, plots=False)
+    env = ToyLaneEnv()
+    run_episode(env, PolicyDriver(ScriptedPolicy(1.0, uses_time=False)), "none", 0, 100,
+                report["settings"]["episode_seeds"][0], np.random.default_rng(0))
+    assert report["results"][0]["crashes"] == env.offroad_events > 5
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--corruptions", "none,smog"], "unknown corruption"),
+        (["--severities", "1,6"], "severity"),
+        (["--severities", "-1"], "severity"),
+        (["--episodes", "0"], "--episodes"),
+    ],
+)
+def test_cli_bad_input_exits_2(tmp_path, capsys, extra, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    argv = ["eval", "--checkpoint", str(run), "--env", "liquid_drive/LaneKeeping-v0", "--out", str(tmp_path / "o"), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_not_a_checkpoint_exits_2(tmp_path, capsys):
+    argv = ["eval", "--checkpoint", str(tmp_path), "--env", "liquid_drive/LaneKeeping-v0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_camera_mismatch_is_rejected(tmp_path):
+    class Small(ImagePolicy):
+        image_hw = (78, 200)
+
+    with pytest.raises(ValueError, match="78x200"):
+        evaluate(_spec(policy_factory=partial(Small)), tmp_path / "x", progress=False)
