@@ -149,13 +149,12 @@ def _first_conv(policy: nn.Module) -> nn.Conv2d:
 
 
 def _unit_count(policy: nn.Module) -> int:
-    core = getattr(policy, "core", None)
-    if core is None:
-        return 0
-    n = getattr(core, "state_size", None)
+    """Neurons that `neuron_states` reports (Policy.units; else the core's state size)."""
+    n = getattr(policy, "units", None)
     if n is None:
-        n = getattr(getattr(core, "wiring", None), "units", None)
-    return int(n) if n is not None else 0
+        core = getattr(policy, "core", None)
+        n = getattr(core, "state_size", None) if core is not None else 0
+    return int(n or 0)
 
 
 def _repeat_state(h, n: int):
