@@ -333,7 +333,10 @@ class CarlaEnv(gym.Env):
             self._client.set_timeout(float(cfg["timeout_s"]))
             server = self._client.get_server_version()
             if cfg["town"] is not None:
+                # loading a town takes tens of seconds: wait longer than for a tick
+                self._client.set_timeout(max(60.0, float(cfg["timeout_s"])))
                 self._client.load_world_if_different(cfg["town"])
+                self._client.set_timeout(float(cfg["timeout_s"]))
             self._world = self._client.get_world()
         except RuntimeError as e:
             msg = str(e)

@@ -588,9 +588,15 @@ LIVE_REASON = "no CARLA server: set CARLA_HOST (and CARLA_PORT) to run the live 
 
 @pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason=LIVE_REASON)
 def test_live_carla_server():
+    from gymnasium.envs.registration import EnvSpec
     from gymnasium.utils.env_checker import check_env
 
-    env = CarlaEnv(camera={"height": 78, "width": 200}, route_length_m=100.0)
+    kwargs = {"camera": {"height": 78, "width": 200}, "route_length_m": 100.0}
+    env = CarlaEnv(**kwargs)
+    # rendering and physics are not bit-identical across resets: skip the determinism checks
+    env.spec = EnvSpec(
+        "liquid_drive/Carla-v0", "envs.carla_env:CarlaEnv", nondeterministic=True, kwargs=kwargs
+    )
     try:
         check_env(env, skip_render_check=True)
         obs, info = env.reset(seed=0)
@@ -600,7 +606,7 @@ def test_live_carla_server():
         for _ in range(100):
             obs, _, term, trunc, info = env.step(np.array([info["expert_steering"]], np.float32))
             errs.append(abs(info["cross_track_m"]))
-            assert not term
+            assert not info["crashed"] and not term
         assert np.mean(errs) < 0.5 and info["distance_m"] > 20
     finally:
         env.close()
