@@ -28,7 +28,7 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +155,17 @@ class ExpertDriver:
 # ------------------------------------------------------------------------------ episode
 
 
-def _lane_threshold(env: Any) -> float:
-    """Half lane width minus half car width, from the env's vehicle if it exposes them."""
+def _lane_threshold(env: Any, info: dict | None = None) -> float:
+    """Half lane width minus half car width: ``info["lane_width_m"]`` / ``info["car_width_m"]``
+    if the env reports them, else its vehicle's lane and size, else highway-env defaults."""
     u = getattr(env, "unwrapped", env)
     lane_w, car_w = DEFAULT_LANE_WIDTH_M, DEFAULT_CAR_WIDTH_M
     vehicle = getattr(u, "vehicle", None)
-    if vehicle is not None:
+    info = info or {}
+    if "lane_width_m" in info:
+        lane_w = float(info["lane_width_m"])
+        car_w = float(info.get("car_width_m", getattr(vehicle, "WIDTH", car_w)))
+    elif vehicle is not None:
         car_w = float(getattr(vehicle, "WIDTH", car_w))
         lane = getattr(vehicle, "lane", None)
         if lane is not None and hasattr(lane, "width_at") and hasattr(lane, "local_coordinates"):
@@ -200,7 +205,7 @@ def run_episode(
     """
     obs, info = env.reset(seed=env_seed)
     nominal = _nominal_dt(env, info)
-    rec = EpisodeRecorder(_lane_threshold(env))
+    rec = EpisodeRecorder(_lane_threshold(env, info))
     driver.reset()
     image_corruption = corruption in C.CORRUPTIONS and severity > 0
     use_advance = corruption in C.TIMING_FAULTS and corruption == "jitter" and severity > 0
@@ -444,8 +449,8 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
     env = make_env(spec)
     try:
         check_camera(env, config.get("image_hw") or getattr(policy, "image_hw", None), spec.env_id)
-        env.reset(seed=episode_seed(spec.seed, 0))
-        threshold = _lane_threshold(env)
+        _, info0 = env.reset(seed=episode_seed(spec.seed, 0))
+        threshold = _lane_threshold(env, info0)
         sheet_frame = contact_frame(spec, env)
     finally:
         env.close()
@@ -458,10 +463,10 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
     R.write_markdown(report, out / "report.md")
     if plots:
         R.plot_report(report, out)
-        image_names = [c for c in spec.corruptions if c in C.CORRUPTIONS] or list(C.CORRUPTIONS)
-        R.save_contact_sheet(out / "contact_sheet.png", sheet_frame[0], sheet_frame[1], image_names,
-                             seed=spec.seed)
+        # Every image corruption (not only the evaluated ones): a cheap, complete overview.
+        R.save_contact_sheet(out / "contact_sheet.png", sheet_frame[0], sheet_frame[1],
+                             list(C.CORRUPTIONS), seed=spec.seed)
     return report
 
 
-__all__ = ["EvalSpec", "Task", "evaluate", "run_episode", "tasks", "conditions", "episode_seed", "asdict"]
+__all__ = ["EvalSpec", "Task", "evaluate", "run_episode", "tasks", "conditions", "episode_seed"]

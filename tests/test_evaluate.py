@@ -297,3 +297,27 @@ def test_camera_mismatch_is_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="78x200"):
         evaluate(_spec(policy_factory=partial(Small)), tmp_path / "x", progress=False)
+
+
+def test_compare_two_reports(tmp_path, capsys):
+    base = dict(corruptions=("none", "noise"), severities=(2, 5), steps=40, episodes=3)
+    evaluate(_spec(**base), tmp_path / "img", progress=False, plots=False)
+    evaluate(_spec(policy_factory=_left_policy, **base), tmp_path / "left", progress=False, plots=False)
+    assert main(["compare", str(tmp_path / "img"), str(tmp_path / "left"), "--out", str(tmp_path / "cmp")]) == 0
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert data["policies"] == ["image-p", "scripted"] and data["paired_episodes"]
+    rows = {(r["policy"], r["corruption"], r["severity"]): r for r in data["table"]}
+    assert len(rows) == 2 * 3
+    img, left = rows[("image-p", "none", 0)], rows[("scripted", "none", 0)]
+    assert img["crashes"]["mean"] == 0 and left["crashes"]["mean"] > 2
+    lo, hi = img["mean_abs_cross_track_m"]["ci95"]
+    assert lo <= img["mean_abs_cross_track_m"]["mean"] <= hi
+    summ = {(r["policy"], r["corruption"]): r for r in data["summary"]}
+    n2 = rows[("scripted", "noise", 2)]["crashes"]["mean"]
+    n5 = rows[("scripted", "noise", 5)]["crashes"]["mean"]
+    assert summ[("scripted", "noise")]["crashes"]["mean"] == pytest.approx((n2 + n5) / 2)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "image-p" in md and "scripted" in md and "paired" in md
+    assert (tmp_path / "cmp" / "compare_crashes.png").stat().st_size > 1000
+    assert main(["compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "c2")]) == 2
+    assert "no report.json" in capsys.readouterr().err
