@@ -127,6 +127,13 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
+def _codecs(spec: Mapping[str, Any]) -> list[Any]:
+    """Compressor then a CRC32C checksum, so that any flipped or truncated byte is detected."""
+    from zarr.codecs import Crc32cCodec
+
+    return [_codec(spec), Crc32cCodec()]
+
+
 def _codec(spec: Mapping[str, Any]):
     from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -427,7 +434,7 @@ class EpisodeBuilder:
                 shape=(0, h, w, c),
                 chunks=(cf, h, w, c),
                 dtype="uint8",
-                compressors=[_codec(writer.attrs["codec"])],
+                compressors=_codecs(writer.attrs["codec"]),
                 config=cfg,
             )
             self._depth = None
@@ -437,7 +444,7 @@ class EpisodeBuilder:
                     shape=(0, h, w),
                     chunks=(cf, h, w),
                     dtype="float16",
-                    compressors=[_codec({"name": "zstd", "level": 3})],
+                    compressors=_codecs({"name": "zstd", "level": 3}),
                     config=cfg,
                 )
         except BaseException as exc:
@@ -535,7 +542,7 @@ class EpisodeBuilder:
                     shape=arr.shape,
                     chunks=(max(n, 1),),
                     dtype=arr.dtype,
-                    compressors=[_codec({"name": "zstd", "level": 3})],
+                    compressors=_codecs({"name": "zstd", "level": 3}),
                     config={"write_empty_chunks": True},
                 )
                 z[:] = arr
