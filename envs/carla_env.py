@@ -134,6 +134,26 @@ def pure_pursuit_steer(
     return float(np.clip(delta / max_steer_rad, -1.0, 1.0))
 
 
+def vehicle_geometry(physics_control: Any) -> tuple[float, float] | None:
+    """(wheelbase m, max front-wheel angle rad) from ``Vehicle.get_physics_control()``.
+
+    Wheels are ordered front-left, front-right, rear-left, rear-right; their positions are
+    world coordinates in centimetres, ``max_steer_angle`` in degrees. ``None`` when the values
+    are implausible (e.g. read before the car's first tick).
+    """
+    wheels = list(physics_control.wheels)
+    if len(wheels) < 4:
+        return None
+    f, r = wheels[:2], wheels[2:4]
+    dx = (f[0].position.x + f[1].position.x - r[0].position.x - r[1].position.x) / 2.0
+    dy = (f[0].position.y + f[1].position.y - r[0].position.y - r[1].position.y) / 2.0
+    wheelbase = math.hypot(dx, dy) / 100.0
+    max_steer = math.radians(float(f[0].max_steer_angle))
+    if 1.0 < wheelbase < 10.0 and 0.0 < max_steer < math.pi / 2:
+        return wheelbase, max_steer
+    return None
+
+
 class SpeedController:
     """PI throttle/brake to hold a target speed, so the policy only steers."""
 
@@ -490,7 +510,8 @@ class CarlaEnv(gym.Env):
         if vehicle is None:
             raise RuntimeError("no free spawn point for the ego vehicle (all occupied)")
         self._vehicle = self._track(vehicle)
-        self._read_vehicle_geometry()
+        self._wheelbase = float(cfg["wheelbase_m"])  # until the first tick, see _reset
+        self._max_steer = math.radians(cfg["max_steer_deg"])
 
         cam = cfg["camera"]
         cam_tf = c.Transform(
@@ -535,6 +556,8 @@ class CarlaEnv(gym.Env):
             tm.set_path(vehicle, path)
         for _ in range(cfg["num_npc_vehicles"]):
             bp = lib.find(cfg["vehicle"])
+            if bp.has_attribute("role_name"):
+                bp.set_attribute("role_name", "autopilot")
             sp = spawn_points[int(self.np_random.integers(len(spawn_points)))]
             npc = self._world.try_spawn_actor(bp, sp)
             if npc is not None:
@@ -542,22 +565,12 @@ class CarlaEnv(gym.Env):
 
     def _read_vehicle_geometry(self) -> None:
         """Wheelbase and max steer angle from the physics control, else the config values."""
-        self._wheelbase = float(self.config["wheelbase_m"])
-        self._max_steer = math.radians(self.config["max_steer_deg"])
         try:
-            wheels = self._vehicle.get_physics_control().wheels
-            front = [w for w in wheels[:2]]
-            rear = [w for w in wheels[2:4]]
-            fx = sum(w.position.x for w in front) / 2.0
-            fy = sum(w.position.y for w in front) / 2.0
-            rx = sum(w.position.x for w in rear) / 2.0
-            ry = sum(w.position.y for w in rear) / 2.0
-            wb = math.hypot(fx - rx, fy - ry) / 100.0  # wheel positions are in cm
-            ms = math.radians(float(front[0].max_steer_angle))
-            if 1.0 < wb < 10.0 and 0.0 < ms < math.pi / 2:
-                self._wheelbase, self._max_steer = wb, ms
+            geometry = vehicle_geometry(self._vehicle.get_physics_control())
         except Exception:  # noqa: BLE001 - fall back to the configured geometry
-            pass
+            geometry = None
+        if geometry is not None:
+            self._wheelbase, self._max_steer = geometry
 
     def _plan_route(self, start_wp: Any, seed_int: int) -> None:
         """Lane-centre waypoints every ``route_step_m`` from the start; branches chosen seeded."""
@@ -731,6 +744,7 @@ class CarlaEnv(gym.Env):
         self._time, self._steps, self._last_autopilot_steer = 0.0, 0, 0.0
         self._spawn(seed_int)
         frame = self._tick(0.0, float(self.config["sim_dt_s"]))
+        self._read_vehicle_geometry()  # wheel positions are valid once the car was ticked
         self._time = 0.0
         self._episode_live = True
         return self._observe(frame, 1.0 / float(self.config["policy_frequency"]))

@@ -313,6 +313,18 @@ def test_lane_errors_sign_convention_right_is_positive():
     assert cross == pytest.approx(1.2) and head == pytest.approx(math.radians(10))  # wrapped
 
 
+@pytest.mark.skipif(not HAS_CARLA, reason="carla client not installed")
+def test_right_is_carla_right_vector():
+    import carla
+
+    for yaw in (0.0, 90.0, 30.0, -150.0):
+        lane = carla.Transform(carla.Location(3.0, -2.0, 0.0), carla.Rotation(yaw=yaw))
+        right = lane.get_right_vector()
+        p = lane.location + right * 0.8  # 0.8 m to CARLA's right of the lane centre
+        cross, _ = lane_errors(p.x, p.y, 0.0, 3.0, -2.0, math.radians(yaw))
+        assert cross == pytest.approx(0.8, abs=1e-5)
+
+
 def test_route_curvature_of_an_arc():
     r = 20.0  # right-hand arc: yaw grows with s
     s = np.arange(0.0, 10.0, 1.0)
@@ -329,6 +341,22 @@ def test_pure_pursuit_steers_back_to_the_target():
     assert left == pytest.approx(delta / math.radians(70)) and left < 0
     assert pure_pursuit_steer(0.0, 0.0, 0.0, 6.0, 0.0, 2.9, 1.2) == 0.0
     assert pure_pursuit_steer(0, 0, 0, 0.1, 5.0, 2.9, 0.2) == 1.0  # clipped
+
+
+def test_vehicle_geometry_from_wheel_positions_in_cm():
+    def wheel(x, y, steer):
+        return types.SimpleNamespace(position=Vec(x, y, 30.0), max_steer_angle=steer)
+
+    yaw = math.radians(30)  # a car at yaw 30 deg, wheels 1.45 m ahead / behind its centre
+    fwd = np.array([math.cos(yaw), math.sin(yaw)]) * 145.0
+    side = np.array([-math.sin(yaw), math.cos(yaw)]) * 80.0
+    c = np.array([1000.0, -500.0])
+    wheels = [wheel(*(c + fwd - side), 70.0), wheel(*(c + fwd + side), 70.0),
+              wheel(*(c - fwd - side), 0.0), wheel(*(c - fwd + side), 0.0)]  # fmt: skip
+    wb, ms = carla_env.vehicle_geometry(types.SimpleNamespace(wheels=wheels))
+    assert wb == pytest.approx(2.9) and ms == pytest.approx(math.radians(70))
+    zeros = [wheel(0.0, 0.0, 70.0)] * 4  # before the first tick
+    assert carla_env.vehicle_geometry(types.SimpleNamespace(wheels=zeros)) is None
 
 
 # ----------------------------------------------------------------------------- weather
