@@ -1,0 +1,456 @@
+"""First-person pinhole dashcam over a flat highway-env world, with per-pixel depth.
+
+Why our own renderer: highway-env only draws top-down (pygame), and no PyPI simulator
+gives a CPU first-person camera without a server. The world is flat, so:
+
+* the ground is a plane and world -> image is a homography: lane surfaces and markings
+  are world polygons, clipped against the near plane and projected in one numpy pass;
+* the depth of a ground pixel depends only on its row (the camera has pitch but no roll),
+  so the ground depth image is precomputed; objects overwrite their pixels.
+
+Depth is planar (distance along the optical axis, metres), the convention of CARLA's
+depth camera, so both backends agree; the sky (and the distant hills) get `sky_depth_m`.
+
+Drawing rules: a road surface of a closed loop is drawn as two contours (outer and inner
+edge) in one `cv2.fillPoly` call, whose even-odd rule makes the annulus; disjoint pieces
+(dashes, shadow bands) share one call; touching pieces are never batched together (even-odd
+would hollow their shared edges), and single convex shapes use `fillConvexPoly`. All colour
+drawing is anti-aliased with 4 bits of sub-pixel precision. Images are RGB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+from highway_env.road.lane import LineType
+
+from envs.scenery import BUSH, TREE, Scenery, _mix
+from envs.tracks import STRIPE_LENGTH_M, STRIPE_PERIOD_M, Track
+
+SHIFT = 4
+ONE = 1 << SHIFT
+LINE_WIDTH_M = 0.15
+VEHICLE_HEIGHT_M = 1.5
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """Pinhole camera rigidly mounted on the ego car (horizontal FOV, pitch down > 0)."""
+
+    height: int = 78
+    width: int = 200
+    fov_deg: float = 60.0
+    height_m: float = 1.3
+    pitch_deg: float = 4.0
+    forward_m: float = 0.8
+    near_m: float = 0.8
+    sky_depth_m: float = 1000.0
+    object_range_m: float = 90.0
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(
+                    f"camera {name} must be a positive integer number of pixels, got {v!r}"
+                )
+        if not (0.0 < float(self.fov_deg) < 180.0):
+            raise ValueError(
+                f"camera fov_deg must lie strictly between 0 and 180 degrees, got {self.fov_deg!r}"
+            )
+        if not float(self.height_m) > 0:
+            raise ValueError(f"camera height_m must be > 0 (above the ground), got {self.height_m!r}")
+        if not (-45.0 < float(self.pitch_deg) < 60.0):
+            raise ValueError(f"camera pitch_deg must lie in (-45, 60) degrees, got {self.pitch_deg!r}")
+        if not float(self.near_m) > 0:
+            raise ValueError(f"camera near_m must be > 0, got {self.near_m!r}")
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> CameraSpec:
+        """Build from `config["camera"]`; unknown keys are an error (typos must not pass)."""
+        cfg = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(
+                f"unknown camera key(s) {sorted(unknown)}; known keys: {sorted(known)}"
+            )
+        return cls(**cfg)
+
+    @property
+    def focal_px(self) -> float:
+        return (self.width / 2) / np.tan(np.deg2rad(self.fov_deg) / 2)
+
+
+def clip_near(poly: np.ndarray, z: np.ndarray, near: float) -> np.ndarray:
+    """Sutherland-Hodgman clip of a world polygon (N,2) to the half-plane z >= near.
+
+    `z` is the camera depth of each vertex, linear in world coordinates for ground
+    points, so the intersection found in world space is exact.
+    """
+    inside = z >= near
+    if inside.all():
+        return poly
+    if not inside.any():
+        return poly[:0]
+    zn = np.roll(z, -1)
+    pn = np.roll(poly, -1, axis=0)
+    cross = inside != (zn >= near)
+    t = np.where(cross, (near - z) / np.where(cross, zn - z, 1.0), 0.0)
+    inter = poly + t[:, None] * (pn - poly)
+    both = np.stack([poly, inter], axis=1).reshape(-1, 2)
+    keep = np.stack([inside, cross], axis=1).reshape(-1)
+    return both[keep]
+
+
+def _clip_fr(f: np.ndarray, r: np.ndarray, fmin: float) -> tuple[np.ndarray, np.ndarray]:
+    """`clip_near` for a contour given as forward/right arrays, clipping at forward >= fmin."""
+    inside = f >= fmin
+    if inside.all():
+        return f, r
+    if not inside.any():
+        return f[:0], r[:0]
+    fn = np.concatenate((f[1:], f[:1]))
+    rn = np.concatenate((r[1:], r[:1]))
+    cross = inside != np.concatenate((inside[1:], inside[:1]))
+    df = np.where(cross, fn - f, 1.0)
+    t = np.where(cross, (fmin - f) / df, 0.0)
+    n = len(f)
+    fo = np.empty(2 * n)
+    ro = np.empty(2 * n)
+    fo[0::2] = f
+    fo[1::2] = fmin
+    ro[0::2] = r
+    ro[1::2] = r + t * (rn - r)
+    keep = np.empty(2 * n, bool)
+    keep[0::2] = inside
+    keep[1::2] = cross
+    return fo[keep], ro[keep]
+
+
+class DashcamRenderer:
+    """Renders (RGB uint8 (H,W,3), depth float32 (H,W)) for an ego pose on one track."""
+
+    def __init__(self, track: Track, scenery: Scenery, spec: CameraSpec) -> None:
+        self.track, self.scenery, self.spec = track, scenery, spec
+        H, W = spec.height, spec.width
+        self.F = spec.focal_px
+        self.cx, self.cy = W / 2, H / 2
+        th = np.deg2rad(spec.pitch_deg)
+        self.ct, self.st = float(np.cos(th)), float(np.sin(th))
+        self.h = float(spec.height_m)
+        pal = scenery.palette
+        # --- per-row ground depth and the static background (sky, grass)
+        t = (np.arange(H) + 0.5 - self.cy) / self.F
+        denom = self.ct * t + self.st
+        ground = denom > 1e-9
+        row_depth = np.where(ground, self.h / np.where(ground, denom, 1.0), spec.sky_depth_m)
+        self.row_depth = np.minimum(row_depth, spec.sky_depth_m).astype(np.float32)
+        self.horizon_v = self.cy - self.F * np.tan(th)  # continuous row of the horizon
+        bg = np.zeros((H, W, 3), np.float32)
+        rows = np.arange(H) + 0.5
+        # sky: top colour to horizon colour
+        k = np.clip((rows - min(0.0, self.horizon_v - H)) / max(self.horizon_v, 1.0), 0, 1)
+        sky = (1 - k)[:, None] * np.array(pal.sky_top) + k[:, None] * np.array(pal.sky_horizon)
+        far = np.clip(self.row_depth / 120.0, 0, 1) ** 0.7
+        grass = (1 - far)[:, None] * np.array(pal.grass_near) + far[:, None] * np.array(pal.grass_far)
+        cover = np.clip(rows + 0.5 - self.horizon_v, 0, 1)  # anti-aliased horizon
+        bg[:] = ((1 - cover)[:, None] * sky + cover[:, None] * grass)[:, None, :]
+        self._bg = np.clip(bg, 0, 255).astype(np.uint8)
+        self._bg_depth = np.repeat(self.row_depth[:, None], W, axis=1)
+        # hills: silhouette sampled every 4 columns, closed along the horizon (+1 row)
+        self._hill_cols = None
+        if self.horizon_v > 0:
+            cols = np.concatenate([np.arange(-0.5, W, 4.0), [W - 0.5]])
+            self._hill_cols = cols
+            self._hill_az = np.arctan((cols + 0.5 - self.cx) / self.F)
+            base = int(np.rint((min(self.horizon_v, H) + 0.5) * ONE))
+            poly = np.zeros((len(cols) + 2, 2), np.int32)
+            poly[1:-1, 0] = np.rint(cols * ONE)
+            poly[0] = (int(cols[0] * ONE), base)
+            poly[-1] = (int(cols[-1] * ONE), base)
+            self._hill_poly = poly
+        # --- ground geometry, precomputed once per track in world coordinates
+        self._road = self._strip(track.left_edge, track.right_edge)
+        self._lines: list[list[np.ndarray]] = []
+        dashes = []
+        for lat, kind in track.lane_lines:
+            if kind == LineType.CONTINUOUS:
+                inset = 0.25 if lat <= track.left_edge + 1e-6 else -0.25 if lat >= track.right_edge - 1e-6 else 0
+                c = lat + inset
+                self._lines.append(self._strip(c - LINE_WIDTH_M / 2, c + LINE_WIDTH_M / 2))
+            elif kind == LineType.STRIPED:
+                dashes.append(self._dashes(lat))
+        dash = np.concatenate(dashes) if dashes else np.zeros((0, 6, 2))
+        wear_rng = np.random.default_rng(scenery.wear_seed)
+        self._dashes_w = dash[wear_rng.random(len(dash)) < scenery.dash_keep_prob]
+        self._shadows = scenery.shadows
+        wear = pal.marking_wear
+        self.c_asphalt = pal.asphalt
+        self.c_marking = _mix(pal.marking, pal.asphalt, 0.6 * wear)
+        self.c_shadow = pal.shadow
+        self.c_hills = pal.hills
+        self.c_asphalt_far = pal.asphalt_far
+
+    # ------------------------------------------------------------ precompute
+    def _strip(self, lat_a: float, lat_b: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Contours of the band between two lateral offsets (two loops if the track is closed).
+
+        A contour is (sample indices, lateral offsets): its points are
+        `points[idx] + lat * lateral_u[idx]`, so per frame it costs two fused array ops.
+        """
+        n = len(self.track.points)
+        idx = np.arange(n)
+        if self.track.closed:
+            return [(idx, np.full(n, lat_a)), (idx, np.full(n, lat_b))]
+        return [(np.concatenate([idx, idx[::-1]]),
+                 np.concatenate([np.full(n, lat_a), np.full(n, lat_b)]))]
+
+    def _dashes(self, lat: float) -> np.ndarray:
+        """Hexagonal dashes (3 points per side follow curves) along a striped line."""
+        tr = self.track
+        starts = np.arange(0.0, tr.length - STRIPE_LENGTH_M, STRIPE_PERIOD_M)
+        ss = starts[:, None] + np.array([0.0, 0.5, 1.0]) * STRIPE_LENGTH_M  # (K,3)
+        px = np.interp(ss, tr.s, tr.points[:, 0])
+        py = np.interp(ss, tr.s, tr.points[:, 1])
+        ux = np.interp(ss, tr.s, tr.lateral_u[:, 0])
+        uy = np.interp(ss, tr.s, tr.lateral_u[:, 1])
+        p = np.stack([px, py], -1)
+        u = np.stack([ux, uy], -1)
+        left = p + (lat - LINE_WIDTH_M / 2) * u
+        right = p + (lat + LINE_WIDTH_M / 2) * u
+        return np.concatenate([left, right[:, ::-1]], axis=1)  # (K,6,2)
+
+    # ------------------------------------------------------------- projection
+    def _frame(self, position: np.ndarray, heading: float) -> None:
+        d = np.array([np.cos(heading), np.sin(heading)])
+        self._d = d
+        self._n = np.array([-d[1], d[0]])
+        self._C = np.asarray(position, np.float64) + self.spec.forward_m * d
+        # route samples and their lateral unit vectors in camera-aligned ground coordinates
+        R = np.stack([self._d, self._n], axis=1)  # world -> (forward, right)
+        self._fr_p = (self.track.points - self._C) @ R
+        self._fr_u = self.track.lateral_u @ R
+        self._f_near = (self.spec.near_m - self.h * self.st) / self.ct
+
+    def _project_fr(self, f: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """Ground points in (forward, right) metres -> cv2 fixed-point pixel coords (N,2)."""
+        Z = np.maximum(f * self.ct + self.h * self.st, 1e-6)
+        k = self.F / Z
+        u = self.cx - 0.5 + r * k
+        v = self.cy - 0.5 + (self.h * self.ct - f * self.st) * k
+        out = np.empty((len(f), 2), np.float64)
+        out[:, 0] = u
+        out[:, 1] = v
+        np.clip(out, -1e5, 1e5, out=out)
+        out *= ONE
+        return np.rint(out).astype(np.int32)
+
+    def _zc(self, pts: np.ndarray) -> np.ndarray:
+        """Camera depth of ground points (any leading shape)."""
+        fwd = (pts - self._C) @ self._d
+        return fwd * self.ct + self.h * self.st
+
+    def _project(self, pts: np.ndarray, z_up: float | np.ndarray = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """World points (..., 2) at height z_up -> (pixel coords (..., 2) for cv2, Zc)."""
+        rel = pts - self._C
+        fwd = rel @ self._d
+        rgt = rel @ self._n
+        dn = self.h - z_up
+        Z = fwd * self.ct + dn * self.st
+        Y = dn * self.ct - fwd * self.st
+        Zs = np.maximum(Z, 1e-6)
+        u = self.cx + self.F * rgt / Zs - 0.5
+        v = self.cy + self.F * Y / Zs - 0.5
+        return np.stack([u, v], -1), Z
+
+    def _to_cv(self, uv: np.ndarray) -> np.ndarray:
+        return np.round(np.clip(uv, -1e5, 1e5) * ONE).astype(np.int32)
+
+    def _contours(self, contours: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        out = []
+        fp, fu = self._fr_p, self._fr_u
+        for idx, lat in contours:
+            f = fp[idx, 0] + lat * fu[idx, 0]
+            r = fp[idx, 1] + lat * fu[idx, 1]
+            f, r = _clip_fr(f, r, self._f_near)
+            if len(f) >= 3:
+                out.append(self._project_fr(f, r))
+        return out
+
+    def _polys(self, polys: np.ndarray) -> list[np.ndarray]:
+        """Project many small disjoint ground polygons (K,V,2), culling and clipping."""
+        if len(polys) == 0:
+            return []
+        z = self._zc(polys)
+        near = self.spec.near_m
+        ahead = (z >= near).any(1)
+        polys, z = polys[ahead], z[ahead]
+        full = (z >= near).all(1)
+        out = []
+        if full.any():
+            uv, _ = self._project(polys[full])
+            W, H = self.spec.width, self.spec.height
+            vis = ~((uv[..., 0] < -2).all(1) | (uv[..., 0] > W + 2).all(1) | (uv[..., 1] > H + 2).all(1))
+            out.extend(self._to_cv(uv[vis]))
+        for k in np.flatnonzero(~full):
+            c = clip_near(polys[k], z[k], near)
+            if len(c) >= 3:
+                out.append(self._to_cv(self._project(c)[0]))
+        return out
+
+    # ---------------------------------------------------------------- render
+    def render(self, position: np.ndarray, heading: float,
+               vehicles: list[tuple] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Frame for the ego at `position`/`heading`; `vehicles`: (pos, heading, L, W, rgb)."""
+        self._frame(position, heading)
+        img = self._bg.copy()
+        depth = self._bg_depth.copy()
+        self._draw_hills(img, heading)
+        aa = cv2.LINE_AA
+        road = self._contours(self._road)
+        if road:
+            cv2.fillPoly(img, road, self.c_asphalt, aa, SHIFT)
+        shadows = self._polys(self._shadows)
+        if shadows:
+            cv2.fillPoly(img, shadows, self.c_shadow, aa, SHIFT)
+        for line in self._lines:
+            cs = self._contours(line)
+            if cs:
+                cv2.fillPoly(img, cs, self.c_marking, aa, SHIFT)
+        dashes = self._polys(self._dashes_w)
+        if dashes:
+            cv2.fillPoly(img, dashes, self.c_marking, aa, SHIFT)
+        self._draw_objects(img, depth, vehicles)
+        return img, depth
+
+    def _draw_hills(self, img: np.ndarray, heading: float) -> None:
+        """Distant hills: a silhouette fixed to the world azimuth, one anti-aliased polygon."""
+        if self._hill_cols is None:
+            return
+        prof = self.scenery.hill_profile
+        az = np.rad2deg(heading + self._hill_az) % 360.0
+        i0 = az.astype(np.int64) % 360
+        frac = az - np.floor(az)
+        elev = np.deg2rad(prof[i0] * (1 - frac) + prof[(i0 + 1) % 360] * frac)
+        se, ce = np.sin(elev), np.cos(elev)
+        v_top = self.cy - 0.5 + self.F * (-se * self.ct - ce * self.st) / (ce * self.ct - se * self.st)
+        pts = self._hill_poly
+        pts[1:-1, 1] = np.rint(v_top * ONE)
+        cv2.fillPoly(img, [pts], self.c_hills, cv2.LINE_AA, SHIFT)
+
+    def _draw_objects(self, img: np.ndarray, depth: np.ndarray, vehicles) -> None:
+        """Billboard trees/bushes/poles and box vehicles, far to near (painter's order)."""
+        sc = self.scenery
+        items = []
+        rng_m = self.spec.object_range_m
+        tan_half = self.spec.width / 2 / self.F
+        near = self.spec.near_m + 0.3
+        obj = None
+        if len(sc.obj_pos):
+            rel = sc.obj_pos - self._C
+            fwd = rel @ self._d
+            rgt = rel @ self._n
+            vis = (fwd > near) & (fwd < rng_m) & (np.abs(rgt) < fwd * tan_half + sc.obj_size[:, 0] + 1)
+            ks = np.flatnonzero(vis)
+            if len(ks):
+                obj = self._object_shapes(ks, fwd[ks], rgt[ks])
+                items.extend((float(fwd[k]), 0, j) for j, k in enumerate(ks.tolist()))
+        for j, veh in enumerate(vehicles):
+            f = float((np.asarray(veh[0]) - self._C) @ self._d)
+            if near + veh[2] / 2 < f < rng_m * 1.5:
+                items.append((f, 1, j))
+        items.sort(key=lambda it: -it[0])
+        aa, l8 = cv2.LINE_AA, cv2.LINE_8
+        for _, kind, j in items:
+            if kind == 1:
+                self._draw_vehicle(img, depth, vehicles[j])
+                continue
+            k, z0, u0, v0, hw, v_a, v_b, ax_w, ax_h, c1, c2 = obj[j]
+            if k == TREE:
+                tw = max(hw, ONE // 4)
+                trunk = np.array([[u0 - tw, v0], [u0 + tw, v0], [u0 + tw, v_a], [u0 - tw, v_a]], np.int32)
+                cv2.fillConvexPoly(img, trunk, c1, aa, SHIFT)
+                cv2.fillConvexPoly(depth, trunk, z0, l8, SHIFT)
+                cv2.ellipse(img, (u0, v_b), (ax_w, ax_h), 0, 0, 360, c2, -1, aa, SHIFT)
+                cv2.ellipse(depth, (u0, v_b), (ax_w, ax_h), 0, 0, 360, z0, -1, l8, SHIFT)
+            elif k == BUSH:
+                cv2.ellipse(img, (u0, v0), (ax_w, ax_h), 0, 180, 360, c2, -1, aa, SHIFT)
+                cv2.ellipse(depth, (u0, v0), (ax_w, ax_h), 0, 180, 360, z0, -1, l8, SHIFT)
+            else:
+                pw = max(hw, ONE // 3)
+                pole = np.array([[u0 - pw, v0], [u0 + pw, v0], [u0 + pw, v_a], [u0 - pw, v_a]], np.int32)
+                cv2.fillConvexPoly(img, pole, c1, aa, SHIFT)
+                cv2.fillConvexPoly(depth, pole, z0, l8, SHIFT)
+                plate = np.array([[u0 - ax_w, v_a], [u0 + ax_w, v_a], [u0 + ax_w, v_b], [u0 - ax_w, v_b]], np.int32)
+                cv2.fillConvexPoly(img, plate, c2, aa, SHIFT)
+                cv2.fillConvexPoly(depth, plate, z0, l8, SHIFT)
+
+    def _object_shapes(self, ks: np.ndarray, fwd: np.ndarray, rgt: np.ndarray) -> list[tuple]:
+        """Fixed-point screen shapes of the visible objects, computed in one vectorised pass.
+
+        Per object: (kind, depth, u0, v0, half width, v_a, v_b, axis w, axis h, colour 1,
+        colour 2). Trees: trunk to v_a, crown centred at v_b; bushes: half ellipse on the
+        ground; poles: pole to v_a (top), sign plate from v_a down to v_b.
+        """
+        sc = self.scenery
+        kind = sc.obj_kind[ks]
+        w, hgt = sc.obj_size[ks, 0], sc.obj_size[ks, 1]
+        ct, st, h = self.ct, self.st, self.h
+        z0 = fwd * ct + h * st
+        s = self.F / z0
+
+        def v_at(z):
+            dn = h - z
+            return self.cy - 0.5 + self.F * (dn * ct - fwd * st) / (fwd * ct + dn * st)
+
+        tree, bush = kind == TREE, kind == BUSH
+        za = np.where(tree, 0.45 * hgt, hgt)
+        zb = np.where(tree, 0.62 * hgt, hgt - 0.7)
+        hw = np.where(tree, 0.175, np.where(bush, w / 2, w / 2)) * s
+        ax_w = np.where(tree | bush, w / 2, 0.35) * s
+        ax_h = np.where(tree, 0.42 * hgt, 0.6 * hgt) * s
+        cols = np.stack([self.cx - 0.5 + rgt * s, v_at(0.0), hw, v_at(za), v_at(zb),
+                         np.maximum(ax_w, 0.5), np.maximum(ax_h, 0.5)], 1)
+        ints = np.rint(np.clip(cols, -1e5, 1e5) * ONE).astype(np.int64).tolist()
+        c = sc.obj_color[ks].tolist()
+        out = []
+        for j, kd in enumerate(kind.tolist()):
+            u0, v0, hwj, va, vb, aw, ah = ints[j]
+            out.append((kd, float(z0[j]), u0, v0, hwj, va, vb, aw, ah, tuple(c[j][0]), tuple(c[j][1])))
+        return out
+
+    def _draw_vehicle(self, img: np.ndarray, depth: np.ndarray, veh: tuple) -> None:
+        pos, heading, length, width, color = veh
+        d = np.array([np.cos(heading), np.sin(heading)])
+        n = np.array([-d[1], d[0]])
+        pos = np.asarray(pos, np.float64)
+        hl, hw = length / 2, width / 2
+        g = np.array([pos + hl * d + hw * n, pos - hl * d + hw * n, pos - hl * d - hw * n, pos + hl * d - hw * n])
+        # face k joins ground corners k and k+1: right side, rear, left side, front
+        normals = np.array([n, -d, -n, d])
+        uv0, z0 = self._project(g, 0.0)
+        uv1, _ = self._project(g, VEHICLE_HEIGHT_M)
+        if (z0 < self.spec.near_m).any():
+            return
+        col = np.asarray(color, float)
+        for k in range(4):
+            a, b = k, (k + 1) % 4
+            mid = (g[a] + g[b]) / 2
+            if (mid - self._C) @ normals[k] >= 0:
+                continue  # back face
+            face = np.array([uv0[a], uv0[b], uv1[b], uv1[a]])
+            shade = 0.75 if k in (0, 2) else 0.9
+            cv2.fillConvexPoly(img, self._to_cv(face), tuple(int(x) for x in col * shade), cv2.LINE_AA, SHIFT)
+            zf = float((z0[a] + z0[b]) / 2)
+            cv2.fillConvexPoly(depth, self._to_cv(face), zf, cv2.LINE_8, SHIFT)
+            # window band on the upper part of the face
+            win = np.array([
+                uv0[a] + 0.62 * (uv1[a] - uv0[a]) + 0.12 * (uv0[b] - uv0[a]),
+                uv0[b] + 0.62 * (uv1[b] - uv0[b]) + 0.12 * (uv0[a] - uv0[b]),
+                uv0[b] + 0.92 * (uv1[b] - uv0[b]) + 0.12 * (uv0[a] - uv0[b]),
+                uv0[a] + 0.92 * (uv1[a] - uv0[a]) + 0.12 * (uv0[b] - uv0[a]),
+            ])
+            cv2.fillConvexPoly(img, self._to_cv(win), (40, 45, 55), cv2.LINE_AA, SHIFT)
