@@ -1,0 +1,172 @@
+"""Export one closed-loop policy step (CNN + core, state in → steering and state out) to ONNX.
+
+The exported graph takes what a car computer has: the raw uint8 camera frame, the state
+from the previous step and the real elapsed seconds, and returns steering and the new
+state. Whitening, the time-unit conversion and the readout are inside the graph, so the
+runtime needs no Python from this package.
+
+Inputs: ``image`` uint8 (B,H,W,3); the state (``h`` (B,units), or ``h`` and ``c`` for the
+LSTM; none for the feed-forward CNN); ``dt`` float32 (B,) seconds for policies that use
+time. Outputs: ``steering`` (B,), then the new state (``h_out``, ``c_out``). The batch
+dimension is dynamic. The legacy TorchScript-based exporter is used because it needs no
+extra package (the dynamo exporter needs ``onnxscript``); the cells provide
+``step_exportable`` without data-dependent control flow for it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from policies.baselines import LSTMCore
+from policies.policy import Policy
+
+
+class PolicyStep(nn.Module):
+    """A policy's single step as a pure tensor function (the graph that gets exported)."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self.policy = policy
+        self.is_lstm = isinstance(policy.core, LSTMCore)
+        self.stateless = policy.core is None
+        self.uses_time = policy.uses_time
+
+    def input_names(self) -> list[str]:
+        names = ["image"]
+        if not self.stateless:
+            names += ["h", "c"] if self.is_lstm else ["h"]
+        if self.uses_time:
+            names.append("dt")
+        return names
+
+    def output_names(self) -> list[str]:
+        if self.stateless:
+            return ["steering"]
+        return ["steering", "h_out", "c_out"] if self.is_lstm else ["steering", "h_out"]
+
+    def forward(self, image: torch.Tensor, *rest: torch.Tensor):
+        p = self.policy
+        feats = p.cnn(image)  # (B, F): whitening inside
+        rest = list(rest)
+        dt = rest.pop() / p.time_unit_s if self.uses_time else None
+        if self.stateless:
+            return torch.tanh(p.readout(feats)).squeeze(-1)
+        if hasattr(p.core, "step_exportable"):
+            b = feats.shape[0]
+            dt2 = dt.reshape(b, 1) if dt is not None else torch.ones_like(feats[:, :1])
+            if type(p.core).__name__ == "LTC":
+                y, h = _ltc_step_matmul(p.core, feats, rest[0], dt2)
+            else:
+                y, h = p.core.step_exportable(feats, rest[0], dt2)
+            return torch.tanh(p.readout(y)).squeeze(-1), h
+        hx = (rest[0], rest[1]) if self.is_lstm else rest[0]
+        timespans = dt.reshape(-1, 1) if dt is not None else None
+        y, h = p.core(feats.unsqueeze(1), hx, timespans)
+        steering = torch.tanh(p.readout(y[:, 0])).squeeze(-1)
+        if self.is_lstm:
+            return steering, h[0], h[1]
+        return steering, h
+
+
+def _ltc_step_matmul(core: nn.Module, x: torch.Tensor, h: torch.Tensor,
+                     dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`LTC.step_exportable` with gathers/scatters as one-hot matmuls.
+
+    The ONNX exporter refuses ``index_add`` with repeated target indices (several synapses
+    onto one neuron), which `LTC._unfold_ref` uses; a matmul with the (E, N) one-hot matrix
+    of synapse targets sums the same terms and exports as a plain MatMul. Same formula:
+    v ← (c·v + A + Σ a·E) / (D + Σ a), a = softplus(w)·σ(σ(v_src − μ)), K unfolds.
+    """
+    n = core.state_size
+    src_1h = nn.functional.one_hot(core.src, n).to(x.dtype).t()  # (N, E): v @ it = v[:, src]
+    dst_1h = nn.functional.one_hot(core.dst, n).to(x.dtype)  # (E, N): a @ it = Σ onto targets
+    A, D, c = core._frame_terms(x, dt[:, 0])
+    wp = core._pos(core.w)
+    v = h
+    for _ in range(core.ode_unfolds):
+        a = wp * torch.sigmoid(core.sigma * (v @ src_1h - core.mu))
+        v = (c * v + A + (a * core.erev) @ dst_1h) / (D + a @ dst_1h)
+    return core._map_outputs(v), v
+
+
+def example_inputs(policy: Policy, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the exported step's signature (frames, state, dt in seconds)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = policy.image_hw
+    args: list[torch.Tensor] = [torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8, generator=g)]
+    if policy.core is not None:
+        n = policy.state_size
+        args.append(torch.randn(batch, n, generator=g) * 0.5)
+        if isinstance(policy.core, LSTMCore):
+            args.append(torch.randn(batch, n, generator=g) * 0.5)
+    if policy.uses_time:
+        args.append(policy.time_unit_s * (0.5 + torch.rand(batch, generator=g)))
+    return tuple(args)
+
+
+def export_onnx(policy: Policy, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Write `policy`'s step to an ONNX file (atomically: temp file + os.replace)."""
+    out = Path(path)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"the output file should end in .onnx, got {out.name!r}")
+    if not out.parent.exists():
+        raise ValueError(f"the output directory {out.parent} does not exist")
+    step = PolicyStep(policy).eval()
+    args = example_inputs(policy, batch=2)
+    names_in, names_out = step.input_names(), step.output_names()
+    dynamic = {n: {0: "batch"} for n in names_in + names_out}
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
+            torch.onnx.export(step, args, tmp, input_names=names_in, output_names=names_out,
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def check_onnx(policy: Policy, path: str | os.PathLike, steps: int = 4, batch: int = 2,
+               seed: int = 1) -> float:
+    """Max |difference| between onnxruntime and PyTorch over `steps` chained steps.
+
+    The state returned by each runtime is fed back to that runtime, so drift would show.
+    Raises ImportError when onnxruntime is not installed.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    step = PolicyStep(policy).eval()
+    names = step.input_names()
+    args = list(example_inputs(policy, batch=batch, seed=seed))
+    state_t = args[1:1 + (len(names) - 1 - int(step.uses_time))]
+    state_o = [a.numpy() for a in state_t]
+    worst = 0.0
+    for k in range(steps):
+        frame_args = example_inputs(policy, batch=batch, seed=seed + 100 + k)
+        image = frame_args[0]
+        dt = frame_args[-1] if step.uses_time else None
+        with torch.no_grad():
+            out_t = step(image, *state_t, *([dt] if dt is not None else []))
+        out_t = out_t if isinstance(out_t, tuple) else (out_t,)
+        feed = {"image": image.numpy()}
+        for n, s in zip(names[1:], state_o):
+            feed[n] = s
+        if dt is not None:
+            feed["dt"] = dt.numpy()
+        out_o = sess.run(None, feed)
+        for a, b in zip(out_t, out_o):
+            worst = max(worst, float(np.abs(a.numpy() - b).max()))
+        state_t = list(out_t[1:])
+        state_o = list(out_o[1:])
+    return worst
