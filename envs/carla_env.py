@@ -204,9 +204,10 @@ def default_config() -> dict[str, Any]:
         "wheelbase_m": 2.9,  # used when the vehicle's physics control is unreadable
         "max_steer_deg": 70.0,  # likewise
         "max_steps": 3000,
-        # False: a crash is reported in info and the drive goes on (callers recover());
-        # True: terminated=True on a crash.
-        "terminate_on_crash": False,
+        # as the highway envs: False = a crash is reported in info and the drive goes on
+        # (callers recover()); True = terminated when the car leaves the driving lanes
+        "terminate_off_road": False,
+        "dart_noise": 0.0,  # std of Gaussian noise on the executed steering (label unchanged)
         "num_npc_vehicles": 0,  # other traffic, driven by the Traffic Manager
         "seed_spawn_points": True,  # random spawn point per reset (seeded)
     }
@@ -265,7 +266,12 @@ def validate_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     _check_number(cfg, "lookahead_m", 0.0, 100.0)
     _check_number(cfg, "wheelbase_m", 0.0, 20.0)
     _check_number(cfg, "max_steer_deg", 0.0, 90.0)
-    for k in ("autopilot", "terminate_on_crash", "seed_spawn_points"):
+    _check_number(cfg, "dart_noise", 0.0, 2.0, lo_open=False)
+    if cfg["autopilot"] is True and cfg["dart_noise"] > 0:
+        raise ValueError(
+            "dart_noise needs autopilot=False: the autopilot's steering cannot be perturbed"
+        )
+    for k in ("autopilot", "terminate_off_road", "seed_spawn_points"):
         if not isinstance(cfg[k], bool):
             raise ValueError(f"config[{k!r}] must be True or False, got {cfg[k]!r}")
     for k in ("max_steps", "num_npc_vehicles"):
@@ -324,7 +330,7 @@ class CarlaEnv(gym.Env):
         self.observation_space = spaces.Dict(
             {
                 "image": spaces.Box(0, 255, (h, w, 3), np.uint8),
-                "speed": spaces.Box(0.0, 100.0, (1,), np.float32),  # m/s
+                "speed": spaces.Box(0.0, 50.0, (1,), np.float32),  # m/s, as the highway envs
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -627,11 +633,13 @@ class CarlaEnv(gym.Env):
             rx, ry, yaw, self._rx[j], self._ry[j], self._wheelbase, self._max_steer
         )
 
-    def expert_steering(self) -> float:
-        """Same value as ``info['expert_steering']`` (for envs.expert.expert_steering)."""
+    def expert_action(self) -> float:
+        """Same value as ``info['expert_steering']``; ``envs.expert.expert_steering`` calls it."""
         if self.config["autopilot"]:
             return float(self._last_autopilot_steer)
         return self.pure_pursuit_steering()
+
+    expert_steering = expert_action
 
     def _read_sensor(self, name: str, frame: int) -> Any:
         q = self._queues[name]
@@ -672,21 +680,24 @@ class CarlaEnv(gym.Env):
         loc = self._vehicle.get_transform().location
         on_road = self._map.get_waypoint(loc, False, self._carla.LaneType.Driving) is not None
         crashed = bool(collision or off_road_mark or not on_road)
-        dist = float(self._rs[i])
+        route_s = float(self._rs[i])
         info = {
             "cross_track_m": float(cross),
             "heading_error_rad": float(head),
             "curvature": float(route_curvature(self._ryaw, self._rs, i)),
             "on_road": bool(on_road),
-            "distance_m": dist,
+            "distance_m": float(self._odometer),
             "expert_steering": float(self.expert_steering()),
             "depth": depth,
             "time_s": float(self._time),
             "dt_s": float(dt),
             "crashed": crashed,
             "collision": bool(collision),
-            "applied_steering": float(self._vehicle.get_control().steer),
-            "lap_progress": float(min(1.0, dist / self._route_len)) if self._route_len > 0 else 0.0,
+            "executed_steering": float(self._vehicle.get_control().steer),
+            "speed_mps": float(speed),
+            "lap_progress": float(min(1.0, route_s / self._route_len))
+            if self._route_len > 0
+            else 0.0,
             "lane_width_m": float(self._rwidth[i]),
             "weather": weather_dict(self.weather),
         }
@@ -721,6 +732,7 @@ class CarlaEnv(gym.Env):
         if self.config["autopilot"]:
             self._last_autopilot_steer = float(self._vehicle.get_control().steer)
         self._time += delta
+        self._odometer += self._pose()[3] * delta
         return frame
 
     def _check_action(self, action: Any) -> float:
@@ -742,10 +754,11 @@ class CarlaEnv(gym.Env):
             self._tm.set_random_device_seed(seed_int)
         self._controller.reset()
         self._time, self._steps, self._last_autopilot_steer = 0.0, 0, 0.0
+        self._odometer = 0.0
         self._spawn(seed_int)
         frame = self._tick(0.0, float(self.config["sim_dt_s"]))
         self._read_vehicle_geometry()  # wheel positions are valid once the car was ticked
-        self._time = 0.0
+        self._time = self._odometer = 0.0
         self._episode_live = True
         return self._observe(frame, 1.0 / float(self.config["policy_frequency"]))
 
@@ -759,6 +772,9 @@ class CarlaEnv(gym.Env):
                 "call reset() first (the env is closed or was torn down after an error)"
             )
         steer = self._check_action(action)
+        noise = float(self.config["dart_noise"])
+        if noise > 0:  # DART: perturb what is executed; info["expert_steering"] stays clean
+            steer = float(np.clip(steer + self.np_random.normal(0.0, noise), -1.0, 1.0))
         if not (isinstance(dt_s, (int, float)) and math.isfinite(dt_s) and dt_s > 0):
             raise ValueError(f"dt_s must be a positive number of seconds, got {dt_s!r}")
         n = max(1, int(math.ceil(dt_s / self.config["sim_dt_s"] - 1e-9)))
@@ -769,9 +785,12 @@ class CarlaEnv(gym.Env):
         self._steps += 1
         obs, info = self._observe(frame, dt_s)
         half = 0.5 * info["lane_width_m"]
-        reward = 0.0 if info["crashed"] else 1.0 - min(abs(info["cross_track_m"]) / half, 1.0)
-        terminated = bool(info["crashed"] and self.config["terminate_on_crash"])
-        truncated = bool(info["lap_progress"] >= 1.0 or self._steps >= self.config["max_steps"])
+        reward = 1.0 - min(1.0, (info["cross_track_m"] / half) ** 2) - float(info["crashed"])
+        terminated = bool(self.config["terminate_off_road"] and not info["on_road"])
+        if info["lap_progress"] >= 1.0:
+            terminated = True  # the route is finished, as the highway envs' open roads
+            info["route_complete"] = True
+        truncated = self._steps >= self.config["max_steps"]
         return obs, float(reward), terminated, truncated, info
 
     def advance(self, action: Any, dt_s: float) -> tuple[dict, float, bool, bool, dict]:

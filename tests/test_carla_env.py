@@ -433,6 +433,7 @@ def test_weather_with_the_real_client():
         ({"colour": "red"}, "unknown CARLA env config keys"),
         ({"host": ""}, "CARLA_HOST"),
         ({"autopilot": "yes"}, "True or False"),
+        ({"autopilot": True, "dart_noise": 0.1}, "dart_noise needs autopilot=False"),
     ],
 )
 def test_bad_config_is_a_clear_error(override, match):
@@ -518,9 +519,31 @@ def test_episode_on_fake_server_follows_contract_and_tears_down(server):
     assert len(w.destroyed) == 5 and len(w.applied) == 4
 
 
+def test_route_end_odometer_dart_and_expert_hook(server):
+    from envs.expert import expert_steering
+
+    env = CarlaEnv(dart_noise=0.2, **{**SMALL, "route_length_m": 20.0})
+    _, info = env.reset(seed=5)
+    executed, labels, speeds, dts = [], [], [], []
+    for _ in range(100):
+        obs, _, term, trunc, info = env.step(np.array([0.0], np.float32))
+        executed.append(info["executed_steering"])
+        labels.append(info["expert_steering"])
+        speeds.append(float(obs["speed"][0]))
+        dts.append(info["dt_s"])
+        assert info["expert_steering"] == pytest.approx(expert_steering(env))
+        if term:
+            break
+    assert term and info["route_complete"] and info["lap_progress"] == 1.0 and not trunc
+    assert np.std(executed) == pytest.approx(0.2, rel=0.5)  # noise on what is executed
+    assert info["distance_m"] >= 20.0 - 0.5  # odometer: the whole route was driven
+    assert info["distance_m"] == pytest.approx(float(np.dot(speeds, dts)), rel=0.1)
+    env.close()
+
+
 @pytest.mark.parametrize("terminate", [False, True])
 def test_leaving_the_road_crashes_and_recover_puts_the_car_back(server, terminate):
-    env = CarlaEnv(terminate_on_crash=terminate, **SMALL)
+    env = CarlaEnv(terminate_off_road=terminate, **SMALL)
     _, info = env.reset(seed=0)
     assert info["dt_s"] == pytest.approx(0.1)  # first frame: the nominal step
     for _ in range(60):
@@ -528,7 +551,7 @@ def test_leaving_the_road_crashes_and_recover_puts_the_car_back(server, terminat
         if info["crashed"]:
             break
     assert info["crashed"] and not info["on_road"] and info["cross_track_m"] > 1.75
-    assert term is terminate and info["applied_steering"] == pytest.approx(0.3)
+    assert term is terminate and info["executed_steering"] == pytest.approx(0.3)
     obs, info = env.recover()
     assert abs(info["cross_track_m"]) < 0.2 and abs(info["heading_error_rad"]) < 1e-3
     assert info["on_road"] and not info["crashed"]
@@ -603,7 +626,7 @@ def test_autopilot_mode_labels_with_the_autopilot_steer(server):
     assert car.autopilot and {"set_path", "set_desired_speed"} <= set(server.tm.calls)
     _, _, _, _, info = env.step(np.array([-1.0], np.float32))  # ignored: the TM drives
     assert info["expert_steering"] == pytest.approx(0.125) and car.control.steer == 0.125
-    assert info["applied_steering"] == pytest.approx(0.125)
+    assert info["executed_steering"] == pytest.approx(0.125)
     env.close()
     assert car.autopilot is False
 
