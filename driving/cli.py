@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # UserError is a ValueError
         print(f"driving {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:  # e.g. no CARLA server at host:port
+        print(f"driving {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
