@@ -60,10 +60,10 @@ SNOW_COLOUR = (235.0, 238.0, 242.0)
 MOTION_BLUR_LENGTH = (3, 5, 7, 10, 14)
 
 #: Night: brightness factor and gamma (>1 crushes shadows first).
-NIGHT_PARAMS = ((0.60, 1.2), (0.42, 1.4), (0.28, 1.6), (0.18, 1.8), (0.10, 2.0))
+NIGHT_PARAMS = ((0.65, 1.1), (0.45, 1.2), (0.32, 1.35), (0.22, 1.5), (0.15, 1.7))
 
 #: Overexposure: gain and gamma (<1 lifts shadows); values clip at 255.
-BRIGHTNESS_PARAMS = ((1.25, 0.90), (1.5, 0.80), (1.8, 0.70), (2.2, 0.60), (2.7, 0.50))
+BRIGHTNESS_PARAMS = ((1.3, 0.95), (1.6, 0.92), (1.9, 0.88), (2.3, 0.84), (2.8, 0.80))
 
 #: Sun glare: peak strength, glow radius (fraction of width), veiling-glare weight.
 GLARE_PARAMS = (

@@ -165,6 +165,9 @@ def _lane_threshold(env: Any, info: dict | None = None) -> float:
     if "lane_width_m" in info:
         lane_w = float(info["lane_width_m"])
         car_w = float(info.get("car_width_m", getattr(vehicle, "WIDTH", car_w)))
+    elif getattr(u, "track", None) is not None and hasattr(u.track, "lane_width"):
+        lane_w = float(u.track.lane_width)  # liquid_drive envs: the track's lane width
+        car_w = float(getattr(getattr(u, "ego", None), "WIDTH", car_w))
     elif vehicle is not None:
         car_w = float(getattr(vehicle, "WIDTH", car_w))
         lane = getattr(vehicle, "lane", None)
@@ -261,9 +264,14 @@ def make_env(spec: EvalSpec) -> Any:
 
     kwargs = dict(spec.env_kwargs)
     try:
-        return gym.make(spec.env_id, max_episode_steps=spec.steps + 1, **kwargs)
+        env = gym.make(spec.env_id, max_episode_steps=spec.steps + 1, **kwargs)
     except gym.error.Error as exc:
         raise ValueError(f"cannot make env {spec.env_id!r}: {exc}") from exc
+    cfg = getattr(env.unwrapped, "config", None)
+    if isinstance(cfg, dict) and "max_steps" in cfg and "max_steps" not in kwargs:
+        # The env's own truncation must not cut an episode shorter than --steps.
+        cfg["max_steps"] = max(int(cfg["max_steps"]), spec.steps + 1)
+    return env
 
 
 def load_policy(spec: EvalSpec) -> tuple[Any, dict]:

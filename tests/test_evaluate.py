@@ -321,3 +321,53 @@ def test_compare_two_reports(tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare_crashes.png").stat().st_size > 1000
     assert main(["compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "c2")]) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ real env + policy
+
+
+def _real_env(**kw):
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("envs.highway")
+    import envs  # noqa: F401
+
+    return gym.make("liquid_drive/LaneKeeping-v0", **kw)
+
+
+def test_real_env_crash_counting_matches_recoveries():
+    env = _real_env()
+
+    class HardLeft(ScriptedPolicy):
+        image_hw = (78, 200)
+
+    out = run_episode(env, PolicyDriver(HardLeft(1.0)), "none", 0, 80, 11, np.random.default_rng(0))
+    assert out["crashes"] == env.unwrapped.recoveries > 2
+    assert out["steps"] == 80 and out["completion_pct"] < 50
+    expert = run_episode(env, ExpertDriver(), "none", 0, 80, 11, np.random.default_rng(0))
+    assert expert["crashes"] == 0 and expert["mean_abs_cross_track_m"] < 0.5
+
+
+def test_real_checkpoint_cli_eval(tmp_path, capsys):
+    pytest.importorskip("envs.highway")
+    from policies.checkpoint import save_checkpoint
+    from policies.factory import build_policy
+
+    run = tmp_path / "run"
+    save_checkpoint(run, build_policy("ncp-cfc"), {})
+    argv = ["eval", "--checkpoint", str(run), "--env", "liquid_drive/LaneKeeping-v0", "--episodes", "1",
+            "--steps", "30", "--corruptions", "none,fog,jitter", "--severities", "5", "--seed", "2"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["policy"] == "ncp-cfc" and report["env"] == "liquid_drive/LaneKeeping-v0"
+    assert [(r["corruption"], r["severity"]) for r in report["results"]] == [("none", 0), ("fog", 5), ("jitter", 5)]
+    assert all(20 < r["distance_m"] < 35 for r in report["results"])  # 8-10 m/s for ~3 s
+    assert report["reference"]["results"][0]["crashes"] == 0
+    assert (tmp_path / "a" / "contact_sheet.png").stat().st_size > 10_000
+    # Same seed, two workers: the same bytes.
+    assert main([*argv, "--out", str(tmp_path / "b"), "--workers", "2", "--no-plots"]) == 0
+    assert (tmp_path / "a" / "report.json").read_bytes() == (tmp_path / "b" / "report.json").read_bytes()
+    # The checkpoint's 78x200 camera against a 64x160 env: exit 2 with the fix in the message.
+    bad = [*argv, "--out", str(tmp_path / "c"), "--env-config", '{"camera": {"height": 64, "width": 160}}']
+    capsys.readouterr()
+    assert main(bad) == 2
+    assert "78x200" in capsys.readouterr().err
