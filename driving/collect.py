@@ -93,6 +93,11 @@ def _json_default(o: Any) -> Any:
     return repr(o)
 
 
+#: `info` keys (after a step) with the steering the env really applied (env-side DART noise,
+#: CARLA's applied control), preferred over the commanded action when present.
+EXECUTED_KEYS = ("executed_steering", "applied_steering")
+
+
 def _nominal_dt(env: Any) -> float:
     cfg = getattr(env.unwrapped, "config", None) or {}
     f = cfg.get("policy_frequency")
@@ -117,9 +122,11 @@ def record_episode(
     """Drive one episode and commit it; returns its id and length.
 
     Step t stores the frame the agent saw, the expert label for that frame, the executed
-    steering (action source, expert by default, plus DART noise, clipped to [-1, 1]), speed,
-    time and the privileged state of `info`. The episode ends after `max_steps` frames or
-    when the env terminates/truncates. `dt_jitter` > 0 draws each frame interval from
+    steering (action source, expert by default, plus recorder-side DART noise `dart_noise`,
+    clipped to [-1, 1]; when the env reports what it applied, e.g. its own DART noise in
+    `info["executed_steering"]`, that value), speed, time and the privileged state of
+    `info`. The episode ends after `max_steps` frames or when the env terminates/truncates
+    (the frame after the last step is not stored: it has no executed action). `dt_jitter` > 0 draws each frame interval from
     nominal·U(1−j, 1+j) via `env.unwrapped.advance` (irregular time for liquid cores).
     """
     if max_steps < 1:
@@ -155,8 +162,9 @@ def record_episode(
     builder = writer.begin_episode(ep_meta)
     save_depth = writer.save_depth
     optional = [k for k in OPTIONAL_STEPS if k in info]
+    executed_key = next((k for k in EXECUTED_KEYS if k in info), None)
     pending = 0
-    terminated_by = "steps"
+    ended_by = "steps"
     sim_time = 0.0
     try:
         for t in range(max_steps):
@@ -178,38 +186,26 @@ def record_episode(
             }
             for k in optional:
                 steps[k] = info.get(k, 0)
-            builder.add(obs["image"], steps, info.get("depth") if save_depth else None)
-            pending += 1
-            if on_frames is not None and pending >= 16:
-                on_frames(pending)
-                pending = 0
+            frame, depth = obs["image"], info.get("depth") if save_depth else None
             act = np.array([a], dtype=np.float32)
-            if t == max_steps - 1:
-                break  # the last frame's successor is never stored: skip the step
+            # step before storing: the env may add its own DART noise, and the frame's record
+            # must hold the steering that was really executed after it
             if advance is not None:
                 step_dt = nominal * float(rng.uniform(1 - dt_jitter, 1 + dt_jitter))
                 obs, _, terminated, truncated, info = advance(act, step_dt)
             else:
                 obs, _, terminated, truncated, info = env.step(act)
+            if executed_key is not None:
+                steps["action"] = float(info[executed_key])
+            builder.add(frame, steps, depth)
+            pending += 1
+            if on_frames is not None and pending >= 16:
+                on_frames(pending)
+                pending = 0
             if terminated or truncated:
-                terminated_by = "terminated" if terminated else "truncated"
-                # the frame after the terminating step is still a valid observation: keep it
-                label = float(info["expert_steering"])
-                dt = float(info.get("dt_s", nominal) or nominal)
-                sim_time = float(info["time_s"]) if "time_s" in info else sim_time + dt
-                steps = {
-                    "steering": label,
-                    "action": label,
-                    "speed": float(np.asarray(obs["speed"]).reshape(-1)[0]),
-                    "time_s": sim_time,
-                    "dt_s": dt,
-                }
-                for k in optional:
-                    steps[k] = info.get(k, 0)
-                builder.add(obs["image"], steps, info.get("depth") if save_depth else None)
-                pending += 1
+                ended_by = "terminated" if terminated else "truncated"
                 break
-        builder.meta["ended_by"] = terminated_by
+        builder.meta["ended_by"] = ended_by
         length = len(builder)
         ep_id = builder.commit()
     except BaseException:
@@ -231,6 +227,34 @@ def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
     except gym.error.Error as exc:
         known = sorted(k for k in gym.registry if k.startswith("liquid_drive/"))
         raise UserError(f"unknown or unusable env {env_id!r} ({exc}); known: {known}") from exc
+
+
+def make_collect_env(
+    env_id: str, env_kwargs: Mapping[str, Any] | None, dart_noise: float, steps: int
+) -> tuple[Any, dict[str, Any], float]:
+    """Make the env for recording: returns (env, the kwargs used, recorder-side DART sigma).
+
+    Envs with a `dart_noise` config key add the noise themselves (seeded with the episode,
+    reported in `info["executed_steering"]`); for others the recorder adds it. An env
+    `max_steps` below `steps` is raised so that episodes are not truncated early.
+    """
+    kwargs = dict(env_kwargs or {})
+    env = make_env(env_id, kwargs)
+    cfg = getattr(env.unwrapped, "config", None) or {}
+    changed = False
+    recorder_dart = dart_noise
+    if "dart_noise" in cfg and "dart_noise" not in kwargs:
+        if dart_noise > 0:
+            kwargs["dart_noise"] = float(dart_noise)
+            changed = True
+        recorder_dart = 0.0
+    if "max_steps" in cfg and "max_steps" not in kwargs and int(cfg["max_steps"]) < steps:
+        kwargs["max_steps"] = int(steps)
+        changed = True
+    if changed:
+        env.close()
+        env = make_env(env_id, kwargs)
+    return env, kwargs, recorder_dart
 
 
 def _plan(
@@ -272,7 +296,7 @@ def collect(
         raise UserError(f"--workers must be >= 1, got {workers}")
     if dart_noise < 0:
         raise UserError(f"--dart-noise must be >= 0, got {dart_noise}")
-    env = make_env(env_id, env_kwargs)
+    env, env_kwargs, recorder_dart = make_collect_env(env_id, env_kwargs, dart_noise, steps)
     try:
         writer = DatasetWriter(out, env_id, env_config(env), env_camera(env), save_depth=save_depth)
         writer.cleanup_staging()
@@ -305,9 +329,10 @@ def collect(
                         writer,
                         seed=s,
                         max_steps=steps,
-                        dart_noise=dart_noise,
+                        dart_noise=recorder_dart,
                         dt_jitter=dt_jitter,
                         env_id=env_id,
+                        meta={"dart_noise": dart_noise},
                         on_frames=bar.update,
                     )
                     _account(result, r, steps, bar)
@@ -320,11 +345,12 @@ def collect(
                     steps,
                     str(out),
                     min(workers, len(todo)),
-                    dart_noise,
+                    recorder_dart,
                     save_depth,
                     dt_jitter,
-                    dict(env_kwargs or {}),
+                    env_kwargs,
                     result,
+                    dart_noise,
                     bar,
                 )
         finally:
@@ -354,6 +380,7 @@ def _worker(
     save_depth: bool,
     dt_jitter: float,
     env_kwargs: dict[str, Any],
+    meta_dart: float,
 ) -> None:
     """Worker process: record episodes for seeds from the queue until it is empty."""
     _die_with_parent()
@@ -377,6 +404,7 @@ def _worker(
                 dart_noise=dart_noise,
                 dt_jitter=dt_jitter,
                 env_id=env_id,
+                meta={"dart_noise": meta_dart},
                 on_frames=lambda n: results.put(("frames", n)),
             )
             results.put(("done", r.episode_id, r.seed, r.length, r.seconds))
@@ -407,6 +435,7 @@ def _collect_parallel(
     dt_jitter: float,
     env_kwargs: dict[str, Any],
     result: CollectResult,
+    meta_dart: float,
     bar: Any,
 ) -> None:
     import multiprocessing as mp
@@ -429,6 +458,7 @@ def _collect_parallel(
                 save_depth,
                 dt_jitter,
                 env_kwargs,
+                meta_dart,
             ),
             daemon=True,
         )

@@ -51,6 +51,7 @@ OPTIONAL_STEPS: dict[str, str] = {
     "lap_progress": "float32",
     "on_road": "bool",
     "crashed": "bool",
+    "collision": "bool",
 }
 STEP_DTYPES: dict[str, str] = {**REQUIRED_STEPS, **OPTIONAL_STEPS}
 
