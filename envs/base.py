@@ -263,6 +263,11 @@ class DashcamDrivingEnv(gym.Env):
         self._prev_route_s = self.route_s
         return self._observe(crashed=False)
 
+    @property
+    def vehicle(self) -> Vehicle:
+        """The ego vehicle (highway-env's name for it)."""
+        return self.ego
+
     def render(self):
         if self.render_mode != "rgb_array" or self.track is None:
             return None
@@ -324,5 +329,7 @@ class DashcamDrivingEnv(gym.Env):
             else float(min(1.0, self.route_s / self.track.length)),
             "speed_mps": float(self.ego.speed),
             "executed_steering": float(getattr(self, "executed_steering", 0.0)),
+            "lane_width_m": float(self.track.lane_width),
+            "car_width_m": float(self.ego.WIDTH),
         }
         return obs, info

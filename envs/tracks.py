@@ -263,7 +263,7 @@ def make_racetrack(lane_width: float = 4.0, n_lanes: int = 2) -> Track:
     return _assemble("racetrack", lanes, True, lane_width, n_lanes)
 
 
-def make_sine_road(length: float = 1000.0, amplitude: float = 5.0, period: float = 100.0,
+def make_sine_road(length: float = 800.0, amplitude: float = 5.0, period: float = 100.0,
                    lane_width: float = 4.0, n_lanes: int = 2, phase: float = 0.0) -> Track:
     """highway-env's lane-keeping road: a SineLane (amplitude 5 m, period 100 m)."""
     lanes = []
