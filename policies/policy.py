@@ -14,6 +14,7 @@ is one nominal interval. LSTM, GRU and the feed-forward CNN ignore time.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -226,19 +227,28 @@ class Policy(nn.Module):
             h = self.initial_state(b)
         else:
             self._check_state(h, b)
-        dt_units = None
-        if dt is not None:  # validated even where ignored: a wrong dt is a caller bug
-            ts = torch.as_tensor(dt, dtype=torch.float32)
+        dt_units: torch.Tensor | None = None  # (B, 1) in time units
+        dt_scalar: float | None = None  # the cells' fastest closed-loop path takes a float
+        if isinstance(dt, (int, float)) and not isinstance(dt, bool):
+            if not (math.isfinite(dt) and dt > 0):
+                raise ValueError(f"dt must be finite and > 0 seconds, got {dt}")
+            dt_scalar = float(dt) / self.time_unit_s
+        elif dt is not None:  # validated even where ignored: a wrong dt is a caller bug
+            ts = _as_tensor(dt, "dt").to(torch.float32)
             if ts.dim() == 0:
                 ts = ts.expand(b)
             if tuple(ts.shape) != (b,):
                 raise ValueError(f"dt must be a float or a ({b},) tensor of seconds, got {tuple(ts.shape)}")
-            dt_units = self._time_units(ts.reshape(b, 1), b, 1) if self.uses_time else None
+            dt_units = self._time_units(ts.reshape(b, 1), b, 1)
+        if not self.uses_time:
+            dt_units = dt_scalar = None
         feats = self.cnn(frames)
         if self.core is not None and hasattr(self.core, "step"):
             # The liquid cells' own closed-loop step (cached parameter transforms).
-            y, h = self.core.step(feats, h, None if dt_units is None else dt_units[:, 0])
+            y, h = self.core.step(feats, h, dt_scalar if dt_units is None else dt_units[:, 0])
             return torch.tanh(self.readout(y)).squeeze(-1), h
+        if dt_scalar is not None:
+            dt_units = torch.full((b, 1), dt_scalar)
         steering, h, _ = self._run(feats.unsqueeze(1), h, dt_units, False)
         return steering[:, 0], h
 

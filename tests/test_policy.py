@@ -231,3 +231,19 @@ def test_gradients_reach_cnn_and_core(policies):
     steer.pow(2).sum().backward()
     assert p.cnn.conv_layers[0].weight.grad.abs().sum() > 0
     assert all(q.grad is not None for q in p.core.parameters() if q.requires_grad)
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_float_dt_and_tensor_dt_steps_agree(policies, name):
+    p = policies[name]
+    x = frames(1, 3, seed=4)
+    dts = [0.15, 0.05, 0.3]
+    steer, _ = p(x, timespans=torch.tensor([dts]))
+    ha = hb = None
+    for t, d in enumerate(dts):
+        sa, ha = p.step(x[0, t], ha, dt=d)
+        sb, hb = p.step(x[:, t], hb, dt=torch.tensor([d]))
+        assert torch.allclose(sa, steer[:, t], atol=1e-5)
+        assert torch.allclose(sb, steer[:, t], atol=1e-5)
+    with pytest.raises(ValueError, match="> 0"):
+        p.step(x[0, 0], None, dt=-0.1)
