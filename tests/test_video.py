@@ -175,3 +175,34 @@ def test_write_png_roundtrip(tmp_path):
     img[10:20, 30:40] = (255, 0, 0)
     write_png(str(tmp_path / "a.png"), img)
     np.testing.assert_array_equal(iio.imread(str(tmp_path / "a.png")), img)
+
+
+def test_drive_counts_crashes_and_recovers_like_evaluation():
+    """A policy that always steers +1 in FakeRoadEnv: offset 0.3 → 1.2 → 2.1 (crash, recover to
+    0) → 0.9 → 1.8 (crash) → …, so crashes happen after steps 1, 3, 5; the state is kept."""
+    import torch
+    from torch import nn
+
+    from driving.explain.drive import drive
+
+    class Hard(nn.Module):
+        image_hw = (78, 200)
+        units = 2
+
+        def __init__(self):
+            super().__init__()
+            self.cnn = nn.Flatten()
+
+        def initial_state(self, batch=1):
+            return torch.zeros(batch, 2)
+
+        def forward(self, images, hx=None, timespans=None, return_states=False):
+            self.cnn(images.float())
+            h = hx + 1
+            return torch.ones(1, 1), h, h[:, None]
+
+    env = gym.make(FAKE_ID)
+    steps = list(drive(Hard(), env, 6))
+    assert [s.crashes for s in steps] == [0, 0, 1, 1, 2, 2]
+    assert [float(s.states[0]) for s in steps] == [1, 2, 3, 4, 5, 6]  # state kept over recoveries
+    assert all(s.dt == pytest.approx(0.2) for s in steps)

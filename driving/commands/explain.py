@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     from driving.explain.drive import make_env, parse_corruption
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # one thread: stable on shared cores (DESIGN.md §6)
     # --- everything that can be checked before work
     if args.ssim:
         _check_out(args.out, (".json",), "--ssim")
@@ -247,7 +247,8 @@ def _run_video(args, policy, env, env_id, source, corruption, steps, neurons) ->
     try:
         for st in drive(policy, env, steps, corruption, seed=args.seed, drive_on="corrupted",
                         want_tau=has_tau):
-            fd = FrameData(camera=st.seen, states=st.states, tau=st.tau_s, steering=st.steering,
+            fd = FrameData(camera=st.seen, states=st.states, tau=st.tau_s, features=st.features,
+                           steering=st.steering,
                            expert=st.expert, cross_track_m=st.cross_track_m, crashes=st.crashes,
                            step=st.index, time_s=st.time_s, speed_mps=st.speed_mps)
             comp.push(fd)

@@ -3,7 +3,8 @@
 The loop mirrors evaluation: the policy steers from the (possibly corrupted) frame with its
 state carried along; a crash (`info["crashed"]`: off-road or collision) is counted once per
 event and the car is put back on the lane centre with `env.unwrapped.recover()`, keeping the
-policy's state, as the paper counted manual recoveries. An episode end resets env and state.
+policy's state, as the paper counted manual recoveries. An episode end (time limit) resets
+env and state, so a video can run longer than one episode.
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ class Step:
     steering: float
     states: np.ndarray | None  # (units,) after this frame
     tau_s: np.ndarray | None  # (units,) LTC τ_eff in seconds, else None
+    features: np.ndarray | None  # (F,) the CNN's sensory features for this frame
     expert: float | None
     cross_track_m: float
-    crashes: int  # crash events so far (including one at this step's outcome is not known yet)
+    crashes: int  # crashes before this step
     time_s: float
     speed_mps: float | None
 
@@ -139,7 +141,6 @@ def drive(
     obs, info = env.reset(seed=seed)
     h = policy.initial_state(1)
     crashes = 0
-    was_crashed = False
     feats: list[torch.Tensor] = []
     hook = policy.cnn.register_forward_hook(lambda m, a, out: feats.append(out.detach()))
     tau_fn = getattr(getattr(policy, "core", None), "tau_eff", None) if want_tau else None
@@ -172,6 +173,7 @@ def drive(
                 index=i, clean=clean, seen=seen, corrupted=corrupted, h_prev=h, dt=dt,
                 steering=steering, states=_state_vector(states),
                 tau_s=None if tau is None else _state_vector(tau),
+                features=_state_vector(feats[0]) if feats else None,
                 expert=None if expert is None else float(expert),
                 cross_track_m=float(info.get("cross_track_m", float("nan"))), crashes=crashes,
                 time_s=float(info.get("time_s", 0.0)),
@@ -180,13 +182,12 @@ def drive(
             h = h_new
             action = np.array([np.clip(steering, -1.0, 1.0)], dtype=np.float32)
             obs, _, terminated, truncated, info = env.step(action)
-            crashed = bool(info.get("crashed", False))
-            if crashed and not was_crashed:
-                crashes += 1
-            was_crashed = crashed
+            # as driving.evaluate: a crash is a collision or leaving the road; count it,
+            # put the car back on the lane centre and go on with the policy's state kept
+            crashed = bool(info.get("crashed", False)) or not bool(info.get("on_road", True))
+            crashes += int(crashed)
             if crashed and hasattr(env.unwrapped, "recover"):
                 obs, info = env.unwrapped.recover()
-                was_crashed = False
             elif terminated or truncated:
                 obs, info = env.reset()
                 h = policy.initial_state(1)

@@ -176,30 +176,39 @@ def _grad_call(
     h,
     dt: float | None,
     idx: list[int],
-    motor: bool,
     scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """One batched backward pass: row block i holds copies of the frame for target idx[i].
 
-    Rows are independent (eval mode, per-image whitening), so the gradient of the sum of each
-    row's own target gives every row its own gradient. Returns (len(idx)*reps, 3, H, W).
+    Targets index the vector [neuron states…, steering]: index `units` is the steering
+    output. Rows are independent (eval mode, per-image whitening), so the gradient of the sum
+    of each row's own target gives every row its own gradient. Returns (len(idx)*reps,3,H,W).
     """
     reps = 1 if scale is None else len(scale)
     n = len(idx) * reps
+    units = _unit_count(policy)
     images = torch.as_tensor(np.ascontiguousarray(frame)).expand(n, 1, *frame.shape).contiguous()
     hx = _repeat_state(h, n)
     ts = _timespans(dt, n)
     cap = _InputCapture(None if scale is None else scale.repeat(len(idx)))
     handle = _first_conv(policy).register_forward_pre_hook(cap)
+    want_motor = units in idx
+    want_neurons = any(k < units for k in idx)
     try:
         with torch.enable_grad():
-            if motor:
-                out, _ = policy(images, hx, ts)  # steering (n, T)
-                out = out.reshape(n, -1)[:, -1:]
-            else:
-                out = policy.neuron_states(images, hx, ts)[:, -1]  # (n, units)
+            steer = states = None
+            if want_neurons:
+                out = policy(images, hx, ts, return_states=True)  # (steering, h, states)
+                steer = out[0]
+                states = out[2] if len(out) >= 3 else policy.neuron_states(images, hx, ts)
+            if want_motor and steer is None:
+                steer = policy(images, hx, ts)[0]
+            table = torch.cat([
+                states[:, -1] if states is not None else torch.zeros(n, units),
+                steer.reshape(n, -1)[:, -1:] if want_motor else torch.zeros(n, 1),
+            ], dim=1)
             sel = torch.tensor(idx).repeat_interleave(reps)
-            total = out[torch.arange(n), sel].sum()
+            total = table[torch.arange(n), sel].sum()
             if cap.leaf is None:
                 raise ValueError("the policy never ran its CNN; cannot take pixel gradients")
             if not total.requires_grad:
@@ -218,16 +227,9 @@ def _grads(
     scale: torch.Tensor | None,
 ) -> torch.Tensor:
     """Gradients for each target, blocks in the order of `targets`: (len*reps, 3, H, W)."""
-    reps = 1 if scale is None else len(scale)
-    neurons = [int(t) for t in targets if t != MOTOR]
-    parts: dict[int | str, torch.Tensor] = {}
-    if neurons:
-        g = _grad_call(policy, frame, h, dt, neurons, False, scale)
-        for i, k in enumerate(neurons):
-            parts[k] = g[i * reps : (i + 1) * reps]
-    if MOTOR in targets:
-        parts[MOTOR] = _grad_call(policy, frame, h, dt, [0], True, scale)
-    return torch.cat([parts[t] for t in targets])
+    units = _unit_count(policy)
+    idx = [units if t == MOTOR else int(t) for t in targets]
+    return _grad_call(policy, frame, h, dt, idx, scale)
 
 
 def neuron_saliency(

@@ -56,6 +56,7 @@ class FrameData:
     neuron_maps: dict[Any, np.ndarray] = field(default_factory=dict)  # key → (h,w) ≥ 0
     states: np.ndarray | None = None  # (units,)
     tau: np.ndarray | None = None  # (units,) τ_eff in seconds (LTC only)
+    features: np.ndarray | None = None  # (F,) sensory inputs (CNN features)
     steering: float = 0.0
     expert: float | None = None
     cross_track_m: float = float("nan")
@@ -80,7 +81,7 @@ def neuron_label(k: Any, groups: list[str]) -> str:
     if k == "motor":
         return "steering output"
     g = groups[int(k)]
-    return f"neuron {k} ({g})" if g != "unit" else f"unit {k}"
+    return f"n{k} {g}" if g != "unit" else f"unit {k}"
 
 
 class Composer:
@@ -133,6 +134,10 @@ class Composer:
         self._sal_cells = self._grid(self.r_sal, max(1, len(self.neurons)))
         self._base = self._static(title, subtitle)
         self._wire_nodes = None
+        self._sens = np.zeros((0, 2), np.int32)
+        self._flo: np.ndarray | None = None
+        self._fhi: np.ndarray | None = None
+        self._features: np.ndarray | None = None
         if self.units:
             self._wire_base, self._wire_nodes, self._node_r = self._static_wiring()
 
@@ -249,6 +254,7 @@ class Composer:
                          cv2.LINE_AA)
             for p in sens:
                 cv2.circle(img, tuple(p), max(2, node_r // 3), (140, 140, 150), -1, cv2.LINE_AA)
+            self._sens = sens
             adj = np.asarray(wiring.adjacency)
             for a, b in zip(*np.nonzero(adj)):
                 c = EXC if adj[a, b] > 0 else INH
@@ -301,6 +307,14 @@ class Composer:
         cols = (np.full((self.units, 3), 90, np.uint8) if st is None
                 else self._diverging(self._norm_states(st)))
         fs = 0.38 * self.s if self.node_r_small else 0.45 * self.s
+        f = self._features
+        if f is not None and len(f) == len(self._sens) and self._flo is not None:
+            z = np.clip(2 * (f - self._flo) / np.maximum(self._fhi - self._flo, 1e-6) - 1, -1, 1)
+            fc = self._diverging(z)
+            rr = max(2, self._node_r // 3)
+            for p, c in zip(self._sens, fc):
+                cv2.circle(panel, (int(p[0]), int(p[1])), rr, tuple(int(v) for v in c), -1,
+                           cv2.LINE_AA)
         for k in range(self.units):
             p = (int(self._wire_nodes[k, 0]), int(self._wire_nodes[k, 1]))
             cv2.circle(panel, p, self._node_r, tuple(int(v) for v in cols[k]), -1, cv2.LINE_AA)
@@ -395,6 +409,12 @@ class Composer:
             self._taus.append(ta)
             self._tlo = np.minimum(self._tlo, ta)
             self._thi = np.maximum(self._thi, ta)
+        self._features = None
+        if fd.features is not None:
+            f = np.asarray(fd.features, np.float64).reshape(-1)
+            self._flo = f.copy() if self._flo is None or len(self._flo) != len(f) else np.minimum(self._flo, f)
+            self._fhi = f.copy() if self._fhi is None or len(self._fhi) != len(f) else np.maximum(self._fhi, f)
+            self._features = f
         self._steer.append(float(fd.steering))
         self._expert.append(float("nan") if fd.expert is None else float(fd.expert))
 
@@ -412,8 +432,9 @@ class Composer:
             peak = float(m.max())
             heat = np.sqrt(m / peak) if peak > 0 else np.zeros_like(m)  # sqrt: show weak tails
             self._place(img, rect, heat_overlay(cam, heat.astype(np.float32), 0.6))
-            put(img, f"max {peak:.1e}", (rect[2] - int(86 * self.s), rect[1] - int(5 * self.s)),
-                0.4 * self.s, MUTED)
+            txt = f"max {peak:.1e}"
+            (tw, _), _ = cv2.getTextSize(txt, FONT, 0.4 * self.s, 1)
+            put(img, txt, (rect[2] - tw, rect[1] - int(5 * self.s)), 0.4 * self.s, MUTED)
         if self.units:
             self._draw_wiring(img, self._states[-1] if self._states else None)
             self._traces(img, self.r_trace, self._states, self._lo, self._hi, False, "")
@@ -451,6 +472,7 @@ class FrameWriter:
         if ext == ".mp4":
             self._w = iio.get_writer(self.tmp, format="FFMPEG", mode="I", fps=float(fps),
                                      codec="libx264", pixelformat="yuv420p", quality=7,
+                                     output_params=["-preset", "veryfast"],
                                      macro_block_size=8, ffmpeg_log_level="error")
         else:
             self._w = iio.get_writer(self.tmp, format="GIF", mode="I",
