@@ -28,7 +28,7 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -455,6 +455,13 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
     out = Path(out_dir)
     policy, config = load_policy(spec)
     env = make_env(spec)
+    cfg = getattr(env.unwrapped, "config", None)
+    if (spec.env_factory is None and isinstance(cfg, dict) and cfg.get("split") is not None
+            and "split" not in spec.env_kwargs):
+        # Score on held-out roads unless the user asks otherwise (--env-config '{"split": ...}').
+        env.close()
+        spec = replace(spec, env_kwargs={**spec.env_kwargs, "split": "test"})
+        env = make_env(spec)
     try:
         check_camera(env, config.get("image_hw") or getattr(policy, "image_hw", None), spec.env_id)
         _, info0 = env.reset(seed=episode_seed(spec.seed, 0))
