@@ -27,10 +27,13 @@ units are outputs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
+from policies import _ckernel as _ck
 from policies._cellutil import as_wiring, check_sequence, check_step
 from policies.wiring import Wiring
 
@@ -137,6 +140,20 @@ class CfC(nn.Module):
             self.register_buffer("mask_x", mx, persistent=False)
             self.register_buffer("mask_new", mn, persistent=False)
             self.register_buffer("mask_old", mo, persistent=False)
+            # column-sorted synapse lists for the C kernels
+            orow, ocol = _col_sorted(mo)
+            nrow, ncol = _col_sorted(mn)
+            lo, hi = [], []
+            for k in range(len(sizes)):
+                c0 = self.heads * self.layer_offsets[k]
+                c1 = c0 + self.heads * sizes[k]
+                lo.append(int(np.searchsorted(ncol, c0)))
+                hi.append(int(np.searchsorted(ncol, c1)))
+            for name, arr in (("o_row", orow), ("o_col", ocol), ("n_row", nrow), ("n_col", ncol),
+                              ("n_lo", lo), ("n_hi", hi), ("l_off", self.layer_offsets),
+                              ("l_size", sizes)):
+                self.register_buffer(name, torch.as_tensor(np.ascontiguousarray(arr, np.int64)),
+                                     persistent=False)
             fan_in = (mx.sum(0) + mn.sum(0) + mo.sum(0)).clamp(min=1.0)
             bound = (6.0 / (fan_in + 1.0)).sqrt()  # xavier-like, per output column
 
@@ -266,11 +283,31 @@ class CfC(nn.Module):
             return torch.stack(outs, 1)
         wx, wn, wo = self._effective()
         px = torch.matmul(x, wx) + self.bias
+        if self._use_c(x):
+            A, wt = self._pure_params(x.dtype)
+            return _CfCSeqC.apply(px.contiguous(), h.contiguous(), dt.contiguous(),
+                                  wo[self.o_row, self.o_col], wn[self.n_row, self.n_col], A, wt,
+                                  self)
         outs = []
         for t in range(T):
             h = self._step_internal(px[:, t], h, dt[:, t:t + 1], wn, wo)
             outs.append(h)
         return torch.stack(outs, 1)
+
+    def _use_c(self, x: torch.Tensor) -> bool:
+        return (self.fused and self.backbone is None and not torch.jit.is_scripting()
+                and not _tracing() and x.device.type == "cpu"
+                and x.dtype == self.bias.dtype and _ck.func("cfc_fwd", x.dtype) is not None)
+
+    def _pure_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "pure":
+            assert self.A is not None and self.w_tau is not None
+            return self.A.contiguous(), self.w_tau.contiguous()
+        z = torch.zeros(1, dtype=dtype)
+        return z, z
+
+    def _c_args(self) -> list[int]:
+        return [self.l_off.data_ptr(), self.l_size.data_ptr()]
 
     def initial_state(self, batch: int = 1) -> torch.Tensor:
         p = next(self.parameters())
@@ -279,6 +316,16 @@ class CfC(nn.Module):
     def step(self, x: torch.Tensor, h: torch.Tensor | None = None,
              dt: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame for closed-loop control: x (B,F), h (B,units), dt → (y (B,output), h)."""
+        scalar = dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool))
+        if (scalar and not torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.dim() == 2
+                and x.shape[1] == self.input_size and self._use_c(x)
+                and (h is None or (isinstance(h, torch.Tensor) and h.dim() == 2
+                                   and h.shape[0] == x.shape[0] and h.shape[1] == self.state_size
+                                   and h.dtype == x.dtype))):
+            d = 1.0 if dt is None else float(dt)  # type: ignore[arg-type]
+            if not (d > 0 and math.isfinite(d)):
+                raise ValueError(f"CfC.step: dt must be finite and > 0, got {dt}")
+            return self._step_c(x, h, d)
         dtb = check_step(x, h, dt, self.input_size, self.state_size, "CfC")
         if h is None:
             h = torch.zeros(x.shape[0], self.state_size, dtype=x.dtype, device=x.device)
@@ -295,6 +342,116 @@ class CfC(nn.Module):
         y = hn[:, self.out_index]
         return y, (hn if self._identity_layout else hn[:, self.state_out_index])
 
+    def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference step: one addmm for the input heads, then one C call."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cache = self._step_cache
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                wx, wn, wo = self._effective()
+                A, wt = self._pure_params(x.dtype)
+                keep = [wx.contiguous(), self.bias.detach().contiguous(),
+                        wo[self.o_row, self.o_col].contiguous(),
+                        wn[self.n_row, self.n_col].contiguous(), A.detach(), wt.detach()]
+            pure = self.mode == "pure"
+            ptrs = (self.o_row.data_ptr(), self.o_col.data_ptr(), keep[2].data_ptr(),
+                    self.n_lo.data_ptr(), self.n_hi.data_ptr(), self.n_row.data_ptr(),
+                    self.n_col.data_ptr(), keep[3].data_ptr(),
+                    keep[4].data_ptr() if pure else None, keep[5].data_ptr() if pure else None,
+                    None if self._identity_layout else self.state_in_index.data_ptr(),
+                    None if self._identity_layout else self.state_out_index.data_ptr())
+            y_lo = 0 if not self.ncps_compat else self.state_size - self.layer_sizes[-1]
+            if not self.wired:
+                y_lo = 0
+            cache = (key, keep, ptrs, y_lo)
+            self._step_cache = cache
+        _, keep, ptrs, y_lo = cache
+        B, N = x.shape[0], self.state_size
+        h = torch.zeros(B, N, dtype=x.dtype) if h is None else h.contiguous()
+        px = torch.addmm(keep[1], x, keep[0])
+        hout = torch.empty(B, N, dtype=x.dtype)
+        _ck.func("cfc_fwd", x.dtype)(
+            1, B, N, self.heads, _MODE_ID[self.mode], len(self.layer_sizes),
+            self.l_off.data_ptr(), self.l_size.data_ptr(), px.data_ptr(), h.data_ptr(), None, dt,
+            int(self.o_row.shape[0]), *ptrs, hout.data_ptr(), 0, None)
+        return hout[:, y_lo:y_lo + self.output_size], hout
+
     def extra_repr(self) -> str:
         return (f"units={self.state_size}, input_size={self.input_size}, mode={self.mode!r}, "
                 f"wired={self.wired}, ncps_compat={self.ncps_compat}")
+
+
+_MODE_ID = {"default": 0, "no_gate": 1, "pure": 2}
+
+
+def _col_sorted(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the nonzeros of a mask, sorted by column (then row)."""
+    cols, rows = np.nonzero(mask.numpy().T)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+class _CfCSeqC(torch.autograd.Function):
+    """Wired CfC recurrence over a sequence in one C call, with a hand-derived adjoint.
+
+    Inputs: PX (B,T,H·N) input heads (x·Wx + b), h0 (B,N) and dt (B,T) in internal order,
+    o_val / n_val the nonzero old-/new-state weights (column-sorted lists of the module),
+    A, w_tau (pure mode). Output: states (B,T,N) in internal order."""
+
+    @staticmethod
+    def forward(ctx, PX, h0, dt, o_val, n_val, A, wt, mod):  # type: ignore[override]
+        B, T, HN = PX.shape
+        N = int(h0.shape[1])
+        save = any(ctx.needs_input_grad)
+        Hs = torch.empty(B, T, N, dtype=PX.dtype)
+        Z = torch.empty(B, T, HN, dtype=PX.dtype) if save else None
+        o_val, n_val = o_val.contiguous(), n_val.contiguous()
+        pure = mod.mode == "pure"
+        _ck.func("cfc_fwd", PX.dtype)(
+            T, B, N, mod.heads, _MODE_ID[mod.mode], len(mod.layer_sizes), mod.l_off.data_ptr(),
+            mod.l_size.data_ptr(), PX.data_ptr(), h0.data_ptr(), dt.data_ptr(), 1.0,
+            int(mod.o_row.shape[0]), mod.o_row.data_ptr(), mod.o_col.data_ptr(), o_val.data_ptr(),
+            mod.n_lo.data_ptr(), mod.n_hi.data_ptr(), mod.n_row.data_ptr(), mod.n_col.data_ptr(),
+            n_val.data_ptr(), A.data_ptr() if pure else None, wt.data_ptr() if pure else None,
+            None, None, Hs.data_ptr(), int(save), _ck.ptr(Z))
+        if save:
+            ctx.save_for_backward(h0, dt, Hs, Z, o_val, n_val, A, wt)
+            ctx.mod = mod
+        return Hs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gHs):  # type: ignore[override]
+        h0, dt, Hs, Z, o_val, n_val, A, wt = ctx.saved_tensors
+        mod = ctx.mod
+        B, T, HN = Z.shape
+        N = int(h0.shape[1])
+        gHs = gHs.contiguous()
+        gPX = torch.empty_like(Z)
+        gh0 = torch.empty_like(h0)
+        gdt = torch.empty_like(dt)
+        g_o = torch.zeros_like(o_val)
+        g_n = torch.zeros_like(n_val)
+        gA = torch.zeros(N, dtype=Z.dtype)
+        gwt = torch.zeros(N, dtype=Z.dtype)
+        pure = mod.mode == "pure"
+        _ck.func("cfc_bwd", Z.dtype)(
+            T, B, N, mod.heads, _MODE_ID[mod.mode], len(mod.layer_sizes), mod.l_off.data_ptr(),
+            mod.l_size.data_ptr(), h0.data_ptr(), dt.data_ptr(), Hs.data_ptr(), Z.data_ptr(),
+            int(mod.o_row.shape[0]), mod.o_row.data_ptr(), mod.o_col.data_ptr(), o_val.data_ptr(),
+            mod.n_lo.data_ptr(), mod.n_hi.data_ptr(), mod.n_row.data_ptr(), mod.n_col.data_ptr(),
+            n_val.data_ptr(), A.data_ptr() if pure else None, wt.data_ptr() if pure else None,
+            gHs.data_ptr(), gPX.data_ptr(), gh0.data_ptr(), gdt.data_ptr(), g_o.data_ptr(),
+            g_n.data_ptr(), gA.data_ptr(), gwt.data_ptr())
+        return (gPX, gh0, gdt, g_o, g_n, gA if pure else None, gwt if pure else None, None)
+
+
+def _tracing() -> bool:
+    """True while torch.jit tracing, torch.export/dynamo or ONNX export records the graph."""
+    if torch.jit.is_tracing():
+        return True
+    try:
+        if torch.compiler.is_compiling():
+            return True
+    except AttributeError:  # pragma: no cover - older torch
+        pass
+    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())

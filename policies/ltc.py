@@ -20,11 +20,14 @@ not record ~10⁴ small nodes. A plain autograd path (`fused=False`, also used b
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies import _ckernel as _ck
 from policies._cellutil import as_wiring, check_sequence, check_step
 from policies.wiring import Wiring
 
@@ -125,6 +128,67 @@ class _LTCSolve(torch.autograd.Function):
         return gAD, gC, g, gwp, gerev, gmu, gsigma, None, None, None
 
 
+class _LTCSeqC(torch.autograd.Function):
+    """Whole LTC sequence (sensory synapses, input map and K unfolds per frame) in one C
+    call; backward is one call of the hand-derived adjoint (`policies._ckernel`).
+
+    Takes the raw inputs x (B,T,F), elapsed times dt (B,T) or None (all 1), v0 (B,N) and the
+    *derived* parameter vectors of `LTC._derived`; autograd maps their gradients back to the
+    module's parameters (softplus etc.)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, v0, iw, ib, ssig, sbz, swE, swp, a0, d0, cmK, sig, bz, wE, wp,  # type: ignore[override]
+                ssrc, sdst, src, dst, K: int):
+        B, T, F_ = x.shape
+        N, Es, E = int(v0.shape[1]), int(ssrc.shape[0]), int(src.shape[0])
+        save = any(ctx.needs_input_grad)
+        dtype = x.dtype
+        out = torch.empty(B, T, N, dtype=dtype)
+        if save:
+            SS = torch.empty(B, T, Es, dtype=dtype)
+            Vs = torch.empty(B, T * K + 1, N, dtype=dtype)
+            S = torch.empty(B, T * K, E, dtype=dtype)
+            DEN = torch.empty(B, T * K, N, dtype=dtype)
+        else:
+            SS = Vs = S = DEN = None
+        _ck.func("ltc_fwd", dtype)(
+            B, T, F_, N, Es, E, K, x.data_ptr(), _ck.ptr(dt), 1.0, v0.data_ptr(),
+            iw.data_ptr(), ib.data_ptr(), ssrc.data_ptr(), sdst.data_ptr(), ssig.data_ptr(),
+            sbz.data_ptr(), swE.data_ptr(), swp.data_ptr(), a0.data_ptr(), d0.data_ptr(),
+            cmK.data_ptr(), src.data_ptr(), dst.data_ptr(), sig.data_ptr(), bz.data_ptr(),
+            wE.data_ptr(), wp.data_ptr(), out.data_ptr(), int(save),
+            _ck.ptr(SS), _ck.ptr(Vs), _ck.ptr(S), _ck.ptr(DEN))
+        if save:
+            ctx.save_for_backward(x, dt, iw, ib, ssig, swE, swp, cmK, sig, wE, wp,
+                                  ssrc, sdst, src, dst, SS, Vs, S, DEN)
+            ctx.K = K
+            ctx.has_dt = dt is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gV):  # type: ignore[override]
+        (x, dt, iw, ib, ssig, swE, swp, cmK, sig, wE, wp,
+         ssrc, sdst, src, dst, SS, Vs, S, DEN) = ctx.saved_tensors
+        K = ctx.K
+        B, T, F_ = x.shape
+        N, Es, E = int(cmK.shape[0]), int(ssrc.shape[0]), int(src.shape[0])
+        gV = gV.contiguous()
+        gx = torch.empty_like(x)
+        gdt = torch.empty(B, T, dtype=x.dtype)
+        gv0 = torch.empty(B, N, dtype=x.dtype)
+        gP = torch.zeros(2 * F_ + 4 * Es + 3 * N + 4 * E, dtype=x.dtype)
+        _ck.func("ltc_bwd", x.dtype)(
+            B, T, F_, N, Es, E, K, x.data_ptr(), _ck.ptr(dt) if ctx.has_dt else None, 1.0,
+            iw.data_ptr(), ib.data_ptr(), ssrc.data_ptr(), sdst.data_ptr(), ssig.data_ptr(),
+            swE.data_ptr(), swp.data_ptr(), cmK.data_ptr(), src.data_ptr(), dst.data_ptr(),
+            sig.data_ptr(), wE.data_ptr(), wp.data_ptr(), SS.data_ptr(), Vs.data_ptr(),
+            S.data_ptr(), DEN.data_ptr(), gV.data_ptr(), gx.data_ptr(), gdt.data_ptr(),
+            gv0.data_ptr(), gP.data_ptr())
+        g = torch.split(gP, [F_, F_, Es, Es, Es, Es, N, N, N, E, E, E, E])
+        return (gx, gdt if ctx.has_dt else None, gv0, *g, None, None, None, None, None)
+
+
 class LTC(nn.Module):
     """LTC sequence module honouring a `Wiring` (or ``LTC(units, input_size=F)``, fully connected).
 
@@ -166,12 +230,12 @@ class LTC(nn.Module):
         self.fused = bool(fused)
         src, dst = np.nonzero(w.adjacency)
         ssrc, sdst = np.nonzero(w.sensory_adjacency)
-        self.register_buffer("src", torch.as_tensor(src, dtype=torch.long), persistent=False)
-        self.register_buffer("dst", torch.as_tensor(dst, dtype=torch.long), persistent=False)
-        self.register_buffer("sensory_src", torch.as_tensor(ssrc, dtype=torch.long), persistent=False)
-        self.register_buffer("sensory_dst", torch.as_tensor(sdst, dtype=torch.long), persistent=False)
+        self.register_buffer("src", torch.as_tensor(np.ascontiguousarray(src), dtype=torch.long), persistent=False)
+        self.register_buffer("dst", torch.as_tensor(np.ascontiguousarray(dst), dtype=torch.long), persistent=False)
+        self.register_buffer("sensory_src", torch.as_tensor(np.ascontiguousarray(ssrc), dtype=torch.long), persistent=False)
+        self.register_buffer("sensory_dst", torch.as_tensor(np.ascontiguousarray(sdst), dtype=torch.long), persistent=False)
         onehot = torch.zeros(len(ssrc), w.units)
-        onehot[torch.arange(len(ssrc)), torch.as_tensor(sdst, dtype=torch.long)] = 1.0
+        onehot[torch.arange(len(ssrc)), torch.as_tensor(np.ascontiguousarray(sdst), dtype=torch.long)] = 1.0
         self.register_buffer("_sensory_onehot", onehot, persistent=False)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         N, E, Es = w.units, len(src), len(ssrc)
@@ -248,6 +312,21 @@ class LTC(nn.Module):
         del N
         return v
 
+    def _derived(self) -> list[torch.Tensor]:
+        """Parameter vectors the C kernels use (autograd-tracked, so gradients flow back)."""
+        dtp = self.gleak.dtype
+        F_ = self.input_size
+        iw = self.input_w if self.input_w is not None else torch.ones(F_, dtype=dtp)
+        ib = self.input_b if self.input_b is not None else torch.zeros(F_, dtype=dtp)
+        swp = self._pos(self.sensory_w)
+        wp = self._pos(self.w)
+        gl = self._pos(self.gleak)
+        out = [iw, ib, self.sensory_sigma, -self.sensory_sigma * self.sensory_mu,
+               swp * self.sensory_erev, swp, gl * self.vleak, gl + self.epsilon,
+               self._pos(self.cm) * self.ode_unfolds, self.sigma, -self.sigma * self.mu,
+               wp * self.erev, wp]
+        return [t.contiguous() for t in out]
+
     def _check(self, x, hx, timespans) -> None:
         check_sequence(x, hx, timespans, self.input_size, self.state_size, "LTC")
 
@@ -266,11 +345,20 @@ class LTC(nn.Module):
         B, T, _ = x.shape
         if hx is None:
             hx = torch.zeros(B, self.state_size, dtype=x.dtype, device=x.device)
-        dt = timespans.to(x.dtype) if timespans is not None else torch.ones(B, T, dtype=x.dtype, device=x.device)
+        use_c = (self.fused and not torch.jit.is_scripting() and not _tracing()
+                 and x.device.type == "cpu" and x.dtype == self.gleak.dtype
+                 and _ck.func("ltc_fwd", x.dtype) is not None)
+        if use_c:
+            d = self._derived()
+            dtc = timespans.to(x.dtype).contiguous() if timespans is not None else None
+            return _LTCSeqC.apply(x.contiguous(), dtc, hx.contiguous(), *d, self.sensory_src,
+                                  self.sensory_dst, self.src, self.dst, self.ode_unfolds)
+        dt = (timespans.to(x.dtype) if timespans is not None
+              else torch.ones(B, T, dtype=x.dtype, device=x.device))
         A, D, c = self._frame_terms(x, dt)
         if self.fused and not torch.jit.is_scripting() and not _tracing() and x.device.type == "cpu":
-            AD = torch.cat([A, D], -1).transpose(0, 1).contiguous()
-            V = _LTCSolve.apply(AD, c.transpose(0, 1).contiguous(), hx.contiguous(),
+            V = _LTCSolve.apply(torch.cat([A, D], -1).transpose(0, 1).contiguous(),
+                                c.transpose(0, 1).contiguous(), hx.contiguous(),
                                 self._pos(self.w), self.erev, self.mu, self.sigma,
                                 self.src, self.dst, self.ode_unfolds)
             return V.transpose(0, 1)
@@ -302,12 +390,26 @@ class LTC(nn.Module):
 
     def step(self, x: torch.Tensor, h: torch.Tensor | None = None,
              dt: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame for closed-loop control: x (B,F), h (B,units), dt (B,) or float → (y (B,M), h)."""
+        """One frame for closed-loop control: x (B,F), h (B,units), dt (B,) or float → (y (B,M), h).
+
+        Without autograd (``torch.no_grad()``/``inference_mode``) and with the C kernel
+        available this is a single C call (a few µs at B=1); otherwise `step_exportable`.
+        """
+        scalar = dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool))
+        if (scalar and self.fused and not torch.is_grad_enabled() and isinstance(x, torch.Tensor)
+                and x.dim() == 2 and x.shape[1] == self.input_size and x.device.type == "cpu"
+                and x.dtype == self.gleak.dtype and not _tracing()
+                and (h is None or (isinstance(h, torch.Tensor) and h.dim() == 2
+                                   and h.shape[0] == x.shape[0] and h.shape[1] == self.state_size
+                                   and h.dtype == x.dtype))
+                and _ck.func("ltc_fwd", x.dtype) is not None):
+            d = 1.0 if dt is None else float(dt)  # type: ignore[arg-type]
+            if not (d > 0 and math.isfinite(d)):
+                raise ValueError(f"LTC.step: dt must be finite and > 0, got {dt}")
+            return self._step_c(x, h, d)
         dtb = check_step(x, h, dt, self.input_size, self.state_size, "LTC")
         if h is None:
             h = torch.zeros(x.shape[0], self.state_size, dtype=x.dtype, device=x.device)
-        if not torch.is_grad_enabled() and not _tracing() and x.dtype == torch.float32 and self.gleak.dtype == torch.float32 and self.fused:
-            return self._step_fast(x, h, dtb)
         return self.step_exportable(x, h, dtb)
 
     def step_exportable(self, x: torch.Tensor, h: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,51 +421,31 @@ class LTC(nn.Module):
         v = self._unfold_ref(h, A, D, c)
         return self._map_outputs(v), v
 
-    def _step_fast(self, x: torch.Tensor, h: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """No-grad step with matrices cached until a parameter changes (~35 small ops)."""
-        params = tuple(self.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
+    def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference step in one C call; derived parameters cached until a parameter changes."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         cache = self._step_cache
         if cache is None or cache[0] != key:
             with torch.no_grad():
-                N, E, Es = self.state_size, int(self.src.shape[0]), int(self.sensory_src.shape[0])
-                iw = self.input_w if self.input_w is not None else torch.ones(self.input_size)
-                ib = self.input_b if self.input_b is not None else torch.zeros(self.input_size)
-                Gs = torch.zeros(self.input_size, Es)
-                Gs[self.sensory_src, torch.arange(Es)] = self.sensory_sigma
-                bs = -self.sensory_sigma * self.sensory_mu + ib @ Gs
-                Gs = iw[:, None] * Gs
-                sw = self._pos(self.sensory_w)
-                Ms = torch.cat([(sw * self.sensory_erev)[:, None] * self._sensory_onehot,
-                                sw[:, None] * self._sensory_onehot], 1)
-                gl = self._pos(self.gleak)
-                ad0 = torch.cat([gl * self.vleak, gl + self.epsilon])[None]
-                G = torch.zeros(N, E)
-                G[self.src, torch.arange(E)] = self.sigma
-                bz = (-self.sigma * self.mu)[None]
-                wp = self._pos(self.w)
-                M = torch.zeros(E, 2 * N)
-                M[torch.arange(E), self.dst] = wp * self.erev
-                M[torch.arange(E), self.dst + N] = wp
-                cmK = self._pos(self.cm) * self.ode_unfolds
-                ow = self.output_w if self.output_w is not None else torch.ones(self.output_size)
-                ob = self.output_b if self.output_b is not None else torch.zeros(self.output_size)
-            cache = (key, Gs, bs[None], Ms, ad0, G, bz, M, cmK, ow, ob)
+                d = [t.detach() for t in self._derived()]
+                M, dtp = self.output_size, self.gleak.dtype
+                ow = self.output_w if self.output_w is not None else torch.ones(M, dtype=dtp)
+                ob = self.output_b if self.output_b is not None else torch.zeros(M, dtype=dtp)
+            dp = [t.data_ptr() for t in d]  # iw ib | ssig sbz swE swp a0 d0 cmK | sig bz wE wp
+            ptrs = (dp[:2] + [self.sensory_src.data_ptr(), self.sensory_dst.data_ptr()] + dp[2:9]
+                    + [self.src.data_ptr(), self.dst.data_ptr()] + dp[9:])
+            cache = (key, d, ptrs, ow.detach(), ob.detach())
             self._step_cache = cache
-        _, Gs, bs, Ms, ad0, G, bz, M, cmK, ow, ob = cache
-        N = self.state_size
-        s = torch.sigmoid(torch.addmm(bs, x, Gs))
-        ad = torch.addmm(ad0, s, Ms)
-        c = cmK / dt
-        ad[:, N:] += c
-        v = h
-        num, den = ad[:, :N], ad[:, N:]
-        for _ in range(self.ode_unfolds):
-            nd = torch.addmm(ad, torch.sigmoid(torch.addmm(bz, v, G)), M)
-            v = torch.addcmul(nd[:, :N], c, v).div_(nd[:, N:])
-        del num, den
-        y = torch.addcmul(ob, v[:, : self.output_size], ow)
-        return y, v
+        _, _, ptrs, ow, ob = cache
+        B = x.shape[0]
+        x = x.contiguous()
+        h = torch.zeros(B, self.state_size, dtype=x.dtype) if h is None else h.contiguous()
+        hout = torch.empty(B, self.state_size, dtype=x.dtype)
+        _ck.func("ltc_fwd", x.dtype)(
+            B, 1, self.input_size, self.state_size, int(self.sensory_src.shape[0]),
+            int(self.src.shape[0]), self.ode_unfolds, x.data_ptr(), None, dt, h.data_ptr(),
+            *ptrs, hout.data_ptr(), 0, None, None, None, None)
+        return torch.addcmul(ob, hout[:, : self.output_size], ow), hout
 
     def extra_repr(self) -> str:
         return (f"units={self.state_size}, input_size={self.input_size}, "
