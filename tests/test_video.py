@@ -206,3 +206,32 @@ def test_drive_counts_crashes_and_recovers_like_evaluation():
     assert [s.crashes for s in steps] == [0, 0, 1, 1, 2, 2]
     assert [float(s.states[0]) for s in steps] == [1, 2, 3, 4, 5, 6]  # state kept over recoveries
     assert all(s.dt == pytest.approx(0.2) for s in steps)
+
+
+def test_ssim_severity_zero_is_exactly_one(tmp_path):
+    """Severity 0 leaves the frame untouched: clean and 'corrupted' maps are identical."""
+    js = tmp_path / "s.json"
+    assert main(["explain", "--ssim", "--policy", "ncp-ltc", "--env", FAKE_ID, "--steps", "3",
+                 "--corruption", "fog:0", "--out", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["per_frame"] == [1.0, 1.0, 1.0] and data["ssim_std"] == 0.0
+
+
+def test_real_env_video_frames_and_rate(tmp_path):
+    """On the real dashcam env: 5 frames of 1280×720 H.264 at the env's 1/dt."""
+    import envs  # noqa: F401
+
+    env_id = "liquid_drive/Racetrack-v0"
+    if env_id not in gym.registry:
+        pytest.skip(f"{env_id} not registered")
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.zeros(1, np.float32))
+    fps = 1.0 / float(info["dt_s"])
+    env.close()
+    out = tmp_path / "real.mp4"
+    assert main(["explain", "--policy", "ncp-cfc", "--env", env_id, "--steps", "5",
+                 "--corruption", "fog:3", "--out", str(out)]) == 0
+    frames, meta = _read(str(out))
+    assert len(frames) == 5 and frames[0].shape == (720, 1280, 3)
+    assert meta["fps"] == pytest.approx(fps)

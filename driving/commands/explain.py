@@ -284,5 +284,7 @@ def _run_video(args, policy, env, env_id, source, corruption, steps, neurons) ->
 
 
 def _env_fps(env: Any) -> float:
-    cfg = getattr(env.unwrapped, "config", {}) or {}
-    return float(cfg.get("policy_frequency") or 10.0)
+    from driving.explain.drive import nominal_dt
+
+    dt = nominal_dt(env)
+    return 1.0 / dt if dt else 10.0

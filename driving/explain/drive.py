@@ -112,6 +112,13 @@ class Step:
     speed_mps: float | None
 
 
+def nominal_dt(env: Any) -> float | None:
+    """The env's control interval 1/policy_frequency (seconds), as evaluation uses at reset."""
+    cfg = getattr(getattr(env, "unwrapped", env), "config", None) or {}
+    freq = cfg.get("policy_frequency") if isinstance(cfg, dict) else None
+    return 1.0 / float(freq) if freq else None
+
+
 def _state_vector(states: Any) -> np.ndarray | None:
     if states is None:
         return None
@@ -147,7 +154,7 @@ def drive(
     policy.eval()
     try:
         for i in range(steps):
-            dt = float(info.get("dt_s") or 0.0) or None
+            dt = float(info.get("dt_s") or 0.0) or nominal_dt(env)
             clean = fit_frame(np.asarray(obs["image"], np.uint8), hw)
             if name != "none" and severity > 0:
                 depth = fit_depth(info.get("depth"), hw)
