@@ -173,20 +173,29 @@ class DashcamRenderer:
             poly[-1] = (int(cols[-1] * ONE), base)
             self._hill_poly = poly
         # --- ground geometry, precomputed once per track in world coordinates
-        self._road = self._strip(track.left_edge, track.right_edge)
-        self._lines: list[list[np.ndarray]] = []
+        road = self._strip(track.left_edge, track.right_edge)
+        lines = []
         dashes = []
         for lat, kind in track.lane_lines:
             if kind == LineType.CONTINUOUS:
                 inset = 0.25 if lat <= track.left_edge + 1e-6 else -0.25 if lat >= track.right_edge - 1e-6 else 0
                 c = lat + inset
-                self._lines.append(self._strip(c - LINE_WIDTH_M / 2, c + LINE_WIDTH_M / 2))
+                lines.extend(self._strip(c - LINE_WIDTH_M / 2, c + LINE_WIDTH_M / 2))
             elif kind == LineType.STRIPED:
                 dashes.append(self._dashes(lat))
+        # all long contours share one length: stacked, they are clipped/projected in one pass
+        contours = road + lines
+        self._c_idx = np.stack([c[0] for c in contours])
+        self._c_lat = np.stack([c[1] for c in contours])
+        self._n_road = len(road)
         dash = np.concatenate(dashes) if dashes else np.zeros((0, 6, 2))
         wear_rng = np.random.default_rng(scenery.wear_seed)
-        self._dashes_w = dash[wear_rng.random(len(dash)) < scenery.dash_keep_prob]
-        self._shadows = scenery.shadows
+        dash = dash[wear_rng.random(len(dash)) < scenery.dash_keep_prob]
+        # shadow quads padded to hexagons (repeat the last vertex) to share the dashes' pass
+        sh = scenery.shadows
+        sh6 = np.concatenate([sh, sh[:, -1:], sh[:, -1:]], axis=1) if len(sh) else np.zeros((0, 6, 2))
+        self._small = np.concatenate([sh6, dash])
+        self._small_is_shadow = np.arange(len(self._small)) < len(sh6)
         wear = pal.marking_wear
         self.c_asphalt = pal.asphalt
         self.c_marking = _mix(pal.marking, pal.asphalt, 0.6 * wear)
@@ -244,7 +253,8 @@ class DashcamRenderer:
         out = np.empty((len(f), 2), np.float64)
         out[:, 0] = u
         out[:, 1] = v
-        np.clip(out, -1e5, 1e5, out=out)
+        np.minimum(out, 1e5, out=out)
+        np.maximum(out, -1e5, out=out)
         out *= ONE
         return np.rint(out).astype(np.int32)
 
@@ -267,39 +277,74 @@ class DashcamRenderer:
         return np.stack([u, v], -1), Z
 
     def _to_cv(self, uv: np.ndarray) -> np.ndarray:
-        return np.round(np.clip(uv, -1e5, 1e5) * ONE).astype(np.int32)
+        out = np.minimum(np.maximum(uv, -1e5), 1e5)
+        out *= ONE
+        return np.rint(out).astype(np.int32)
 
-    def _contours(self, contours: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        out = []
+    def _ground_contours(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Road and continuous-line contours, near-clipped and projected in one vectorised pass."""
         fp, fu = self._fr_p, self._fr_u
-        for idx, lat in contours:
-            f = fp[idx, 0] + lat * fu[idx, 0]
-            r = fp[idx, 1] + lat * fu[idx, 1]
-            f, r = _clip_fr(f, r, self._f_near)
-            if len(f) >= 3:
-                out.append(self._project_fr(f, r))
-        return out
+        idx, lat = self._c_idx, self._c_lat
+        Fm = fp[idx, 0] + lat * fu[idx, 0]  # (K, M) forward metres
+        Rm = fp[idx, 1] + lat * fu[idx, 1]  # (K, M) right metres
+        fmin = self._f_near
+        inside = Fm >= fmin
+        K, M = Fm.shape
+        if inside.all():
+            counts = np.full(K, M)
+            pf, pr = Fm.reshape(-1), Rm.reshape(-1)
+        else:  # Sutherland-Hodgman against the near plane, all contours at once
+            Fn = np.roll(Fm, -1, axis=1)
+            Rn = np.roll(Rm, -1, axis=1)
+            cross = inside != np.roll(inside, -1, axis=1)
+            t = np.divide(fmin - Fm, Fn - Fm, out=np.zeros_like(Fm), where=cross)
+            FO = np.empty((K, 2 * M))
+            RO = np.empty((K, 2 * M))
+            keep = np.empty((K, 2 * M), bool)
+            FO[:, 0::2] = Fm
+            FO[:, 1::2] = fmin
+            RO[:, 0::2] = Rm
+            RO[:, 1::2] = Rm + t * (Rn - Rm)
+            keep[:, 0::2] = inside
+            keep[:, 1::2] = cross
+            counts = keep.sum(1)
+            pf, pr = FO[keep], RO[keep]
+        uv = self._project_fr(pf, pr)
+        parts = np.split(uv, np.cumsum(counts)[:-1])
+        road = [p for p in parts[: self._n_road] if len(p) >= 3]
+        lines = [p for p in parts[self._n_road:] if len(p) >= 3]
+        return road, lines
 
-    def _polys(self, polys: np.ndarray) -> list[np.ndarray]:
-        """Project many small disjoint ground polygons (K,V,2), culling and clipping."""
+    def _polys(self, polys: np.ndarray, flag: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Project small disjoint ground polygons (K,V,2); returns (flagged, others).
+
+        Polygons wholly behind the near plane or outside the image are culled; the few
+        that cross the near plane are clipped one by one.
+        """
         if len(polys) == 0:
-            return []
-        z = self._zc(polys)
+            return [], []
+        rel = polys - self._C
+        f = rel @ self._d
+        z = f * self.ct + self.h * self.st
         near = self.spec.near_m
-        ahead = (z >= near).any(1)
-        polys, z = polys[ahead], z[ahead]
-        full = (z >= near).all(1)
-        out = []
+        zin = z >= near
+        full = zin.all(1)
+        yes: list[np.ndarray] = []
+        no: list[np.ndarray] = []
         if full.any():
-            uv, _ = self._project(polys[full])
-            W, H = self.spec.width, self.spec.height
-            vis = ~((uv[..., 0] < -2).all(1) | (uv[..., 0] > W + 2).all(1) | (uv[..., 1] > H + 2).all(1))
-            out.extend(self._to_cv(uv[vis]))
-        for k in np.flatnonzero(~full):
+            r = rel[full] @ self._n
+            uv = self._project_fr(f[full].reshape(-1), r.reshape(-1)).reshape(-1, polys.shape[1], 2)
+            W, H = self.spec.width * ONE, self.spec.height * ONE
+            u, v = uv[..., 0], uv[..., 1]
+            vis = ~((u < -ONE).all(1) | (u > W + ONE).all(1) | (v > H + ONE).all(1))
+            fl = flag[full]
+            yes.extend(uv[vis & fl])
+            no.extend(uv[vis & ~fl])
+        for k in np.flatnonzero(zin.any(1) & ~full):
             c = clip_near(polys[k], z[k], near)
             if len(c) >= 3:
-                out.append(self._to_cv(self._project(c)[0]))
-        return out
+                (yes if flag[k] else no).append(self._to_cv(self._project(c)[0]))
+        return yes, no
 
     # ---------------------------------------------------------------- render
     def render(self, position: np.ndarray, heading: float,
@@ -310,17 +355,14 @@ class DashcamRenderer:
         depth = self._bg_depth.copy()
         self._draw_hills(img, heading)
         aa = cv2.LINE_AA
-        road = self._contours(self._road)
+        road, lines = self._ground_contours()
         if road:
             cv2.fillPoly(img, road, self.c_asphalt, aa, SHIFT)
-        shadows = self._polys(self._shadows)
+        shadows, dashes = self._polys(self._small, self._small_is_shadow)
         if shadows:
             cv2.fillPoly(img, shadows, self.c_shadow, aa, SHIFT)
-        for line in self._lines:
-            cs = self._contours(line)
-            if cs:
-                cv2.fillPoly(img, cs, self.c_marking, aa, SHIFT)
-        dashes = self._polys(self._dashes_w)
+        if lines:
+            cv2.fillPoly(img, lines, self.c_marking, aa, SHIFT)
         if dashes:
             cv2.fillPoly(img, dashes, self.c_marking, aa, SHIFT)
         self._draw_objects(img, depth, vehicles)
@@ -423,34 +465,35 @@ class DashcamRenderer:
         return out
 
     def _draw_vehicle(self, img: np.ndarray, depth: np.ndarray, veh: tuple) -> None:
+        """A box (visible side faces only, each with a dark window band)."""
         pos, heading, length, width, color = veh
-        d = np.array([np.cos(heading), np.sin(heading)])
-        n = np.array([-d[1], d[0]])
-        pos = np.asarray(pos, np.float64)
+        c, s = np.cos(heading), np.sin(heading)
+        d = np.array([c, s])
+        n = np.array([-s, c])
         hl, hw = length / 2, width / 2
-        g = np.array([pos + hl * d + hw * n, pos - hl * d + hw * n, pos - hl * d - hw * n, pos + hl * d - hw * n])
-        # face k joins ground corners k and k+1: right side, rear, left side, front
-        normals = np.array([n, -d, -n, d])
-        uv0, z0 = self._project(g, 0.0)
-        uv1, _ = self._project(g, VEHICLE_HEIGHT_M)
-        if (z0 < self.spec.near_m).any():
+        # ground corners: front-right, rear-right, rear-left, front-left; then the roof
+        g = np.asarray(pos, np.float64) + np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]]) @ np.stack([d, n])
+        uv, z = self._project(np.concatenate([g, g]), np.repeat([0.0, VEHICLE_HEIGHT_M], 4))
+        if (z[:4] < self.spec.near_m).any():
             return
+        normals = np.stack([n, -d, -n, d])  # face k joins corners k and k+1
+        mids = (g + np.roll(g, -1, axis=0)) / 2
+        facing = np.einsum("ij,ij->i", mids - self._C, normals) < 0
+        a = np.arange(4)
+        b = (a + 1) % 4
+        faces = np.stack([uv[a], uv[b], uv[b + 4], uv[a + 4]], 1)  # (4, 4, 2)
+        # window band: 62-92 % of the height, 12 % inset from both ends
+        lo, hi, ins = 0.62, 0.92, 0.12
+        pa = uv[a] + ins * (uv[b] - uv[a])
+        pb = uv[b] + ins * (uv[a] - uv[b])
+        ha, hb = uv[a + 4] - uv[a], uv[b + 4] - uv[b]
+        wins = np.stack([pa + lo * ha, pb + lo * hb, pb + hi * hb, pa + hi * ha], 1)
+        fi = self._to_cv(faces)
+        wi = self._to_cv(wins)
+        zf = ((z[a] + z[b]) / 2).tolist()
         col = np.asarray(color, float)
-        for k in range(4):
-            a, b = k, (k + 1) % 4
-            mid = (g[a] + g[b]) / 2
-            if (mid - self._C) @ normals[k] >= 0:
-                continue  # back face
-            face = np.array([uv0[a], uv0[b], uv1[b], uv1[a]])
+        for k in np.flatnonzero(facing).tolist():
             shade = 0.75 if k in (0, 2) else 0.9
-            cv2.fillConvexPoly(img, self._to_cv(face), tuple(int(x) for x in col * shade), cv2.LINE_AA, SHIFT)
-            zf = float((z0[a] + z0[b]) / 2)
-            cv2.fillConvexPoly(depth, self._to_cv(face), zf, cv2.LINE_8, SHIFT)
-            # window band on the upper part of the face
-            win = np.array([
-                uv0[a] + 0.62 * (uv1[a] - uv0[a]) + 0.12 * (uv0[b] - uv0[a]),
-                uv0[b] + 0.62 * (uv1[b] - uv0[b]) + 0.12 * (uv0[a] - uv0[b]),
-                uv0[b] + 0.92 * (uv1[b] - uv0[b]) + 0.12 * (uv0[a] - uv0[b]),
-                uv0[a] + 0.92 * (uv1[a] - uv0[a]) + 0.12 * (uv0[b] - uv0[a]),
-            ])
-            cv2.fillConvexPoly(img, self._to_cv(win), (40, 45, 55), cv2.LINE_AA, SHIFT)
+            cv2.fillConvexPoly(img, fi[k], tuple(int(x) for x in col * shade), cv2.LINE_AA, SHIFT)
+            cv2.fillConvexPoly(depth, fi[k], zf[k], cv2.LINE_8, SHIFT)
+            cv2.fillConvexPoly(img, wi[k], (40, 45, 55), cv2.LINE_AA, SHIFT)

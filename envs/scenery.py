@@ -64,7 +64,7 @@ def default_palette() -> Palette:
 def sample_palette(rng: np.random.Generator) -> Palette:
     """Random asphalt/grass colours, time of day, marking wear and brightness."""
     tod = TIMES_OF_DAY[int(rng.integers(len(TIMES_OF_DAY)))]
-    bright = {"noon": 1.0, "afternoon": 0.9, "overcast": 0.75, "dusk": 0.55}[tod]
+    bright = {"noon": 1.0, "afternoon": 0.9, "overcast": 0.78, "dusk": 0.65}[tod]
     bright *= float(rng.uniform(0.85, 1.1))
     sky = {
         "noon": ((80, 130, 210), (185, 205, 235)),

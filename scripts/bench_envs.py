@@ -1,0 +1,126 @@
+"""Benchmark the dashcam simulator on one core.
+
+Targets (issue 3): render only at 78x200 with depth >= 1,000 frames/s; a full env step on
+the racetrack (physics + dashcam + depth + expert) >= 500 steps/s. Each measurement is
+repeated for several rounds and the best round is kept (other processes on a shared
+machine only ever slow a round down); CPU time of this process is reported beside wall
+time, since the targets are about one core.
+
+    .venv/bin/python scripts/bench_envs.py --json bench_envs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+
+def _timed(fn, n: int, rounds: int) -> dict:
+    best_wall, best_cpu = np.inf, np.inf
+    for _ in range(rounds):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn(n)
+        best_wall = min(best_wall, time.perf_counter() - w0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return {"n": n, "rounds": rounds, "per_s_wall": n / best_wall, "per_s_cpu": n / best_cpu,
+            "ms_wall": 1e3 * best_wall / n}
+
+
+def bench_render(height: int, width: int, n: int, rounds: int, seed: int = 0) -> dict:
+    from envs.camera import CameraSpec, DashcamRenderer
+    from envs.scenery import sample_scenery
+    from envs.tracks import make_racetrack
+
+    tr = make_racetrack()
+    r = DashcamRenderer(tr, sample_scenery(tr, np.random.default_rng(seed)),
+                        CameraSpec(height=height, width=width))
+    poses = [tr.pose_at(s, 0.3 * np.sin(s)) for s in np.linspace(0, tr.length, 997)]
+    veh = [(tr.pose_at(40.0, -4.0)[0], tr.pose_at(40.0)[1], 5.0, 2.0, (200, 40, 40))]
+
+    def run(k):
+        for i in range(k):
+            p, h = poses[i % len(poses)]
+            r.render(p, h, veh)
+
+    run(50)
+    return _timed(run, n, rounds)
+
+
+def bench_step(env_id: str, n: int, rounds: int, **kw) -> dict:
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+
+    env = gym.make(env_id, **kw)
+    state = {"info": env.reset(seed=0)[1]}
+
+    def run(k):
+        info = state["info"]
+        for _ in range(k):
+            _, _, term, trunc, info = env.step(np.array([info["expert_steering"]], np.float32))
+            if term or trunc:
+                _, info = env.reset()
+        state["info"] = info
+
+    run(20)
+    out = _timed(run, n, rounds)
+    env.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    ap.add_argument("--frames", type=int, default=2000, help="frames/steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(1)
+    jobs = [
+        ("render_78x200_depth", lambda: bench_render(78, 200, args.frames, args.rounds)),
+        ("render_156x400_depth", lambda: bench_render(156, 400, args.frames // 2, args.rounds)),
+        ("step_racetrack", lambda: bench_step("liquid_drive/Racetrack-v0", args.frames, args.rounds)),
+        ("step_lanekeeping", lambda: bench_step("liquid_drive/LaneKeeping-v0", args.frames, args.rounds)),
+        ("step_randomroad", lambda: bench_step("liquid_drive/RandomRoad-v0", args.frames, args.rounds)),
+        ("step_racetrack_physics_expert_only", lambda: bench_step(
+            "liquid_drive/Racetrack-v0", args.frames, args.rounds,
+            camera={"height": 1, "width": 1}, object_density=0.0)),
+    ]
+    results = {}
+    for name, job in tqdm(jobs, desc="bench_envs", file=sys.stderr):
+        results[name] = job()
+        r = results[name]
+        print(f"{name:38s} {r['per_s_wall']:8.0f}/s wall  {r['per_s_cpu']:8.0f}/s cpu  "
+              f"({r['ms_wall']:.3f} ms)", file=sys.stderr)
+    targets = {
+        "render_78x200_depth_per_s": 1000,
+        "step_racetrack_per_s": 500,
+    }
+    report = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(), "opencv": cv2.__version__},
+        "targets": targets,
+        "met": {
+            "render_78x200_depth": results["render_78x200_depth"]["per_s_cpu"] >= 1000,
+            "step_racetrack": results["step_racetrack"]["per_s_cpu"] >= 500,
+        },
+        "results": results,
+    }
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
