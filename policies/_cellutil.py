@@ -45,6 +45,8 @@ def check_dt(dt: torch.Tensor, shape: tuple[int, ...], who: str, name: str, spec
     if not isinstance(dt, torch.Tensor) or tuple(dt.shape) != shape:
         got = tuple(dt.shape) if isinstance(dt, torch.Tensor) else type(dt).__name__
         raise ValueError(f"{who}: {name} must have shape {spec}={shape}, got {got}")
+    if _recording():  # values are unknown while torch.export/ONNX records the graph
+        return
     if not bool(torch.isfinite(dt).all()) or bool((dt <= 0).any()):
         raise ValueError(f"{who}: {name} must be finite and > 0 (elapsed seconds per step)")
 
@@ -75,3 +77,15 @@ def check_step(
         check_dt(dt, (b,), who + ".step", "dt", "(batch,)")
         return dt.to(x.dtype).reshape(b, 1)
     raise ValueError(f"{who}.step: dt must be None, a positive float or a (batch,) tensor")
+
+
+def _recording() -> bool:
+    """True while torch.jit tracing, torch.export/dynamo or ONNX export records the graph."""
+    if torch.jit.is_tracing():
+        return True
+    try:
+        if torch.compiler.is_compiling():
+            return True
+    except AttributeError:  # pragma: no cover - older torch
+        pass
+    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())

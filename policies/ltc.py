@@ -237,6 +237,9 @@ class LTC(nn.Module):
         onehot = torch.zeros(len(ssrc), w.units)
         onehot[torch.arange(len(ssrc)), torch.as_tensor(np.ascontiguousarray(sdst), dtype=torch.long)] = 1.0
         self.register_buffer("_sensory_onehot", onehot, persistent=False)
+        onehot = torch.zeros(len(src), w.units)
+        onehot[torch.arange(len(src)), torch.as_tensor(dst, dtype=torch.long)] = 1.0
+        self.register_buffer("_dst_onehot", onehot, persistent=False)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         N, E, Es = w.units, len(src), len(ssrc)
 
@@ -302,14 +305,12 @@ class LTC(nn.Module):
     def _unfold_ref(self, v: torch.Tensor, A: torch.Tensor, D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """One frame with plain autograd ops (reference, export and scripting path)."""
         wp = self._pos(self.w)
-        N = self.state_size
         for _ in range(self.ode_unfolds):
             s = torch.sigmoid(self.sigma * (v[:, self.src] - self.mu))
             a = wp * s
-            num = torch.zeros_like(v).index_add(1, self.dst, a * self.erev)
-            den = torch.zeros_like(v).index_add(1, self.dst, a)
+            num = (a * self.erev) @ self._dst_onehot  # matmul, not index_add: ONNX-exportable
+            den = a @ self._dst_onehot
             v = (c * v + A + num) / (D + den)
-        del N
         return v
 
     def _derived(self) -> list[torch.Tensor]:
@@ -382,7 +383,7 @@ class LTC(nn.Module):
             V = self.states(x, hx, timespans)
             _, ds = self._sensory(x)
             s = torch.sigmoid(self.sigma * (V[..., self.src] - self.mu))
-            den = torch.zeros_like(V).index_add(-1, self.dst, self._pos(self.w) * s)
+            den = (self._pos(self.w) * s) @ self._dst_onehot
             return self._pos(self.cm) / (self._pos(self.gleak) + ds + den)
 
     def initial_state(self, batch: int = 1) -> torch.Tensor:
