@@ -191,6 +191,7 @@ def save_checkpoint(
     run_dir: str | os.PathLike,
     policy: Policy,
     config: dict[str, Any] | None = None,
+    *,
     optimizer_state: Any = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:

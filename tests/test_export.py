@@ -88,3 +88,16 @@ def test_cli_export_bad_input(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "a.onnx")]) == 2
     assert "pickled checkpoints are not loaded for safety" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists()
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes")  # torch's LSTM flat weights
+@pytest.mark.parametrize("name", ["ncp-cfc", "ncp-ltc", "lstm"])
+def test_torch_export_of_the_step(name):
+    p = build_policy(name, image_hw=HW, seed=5).eval()
+    step = PolicyStep(p)
+    args = example_inputs(p, batch=2)
+    program = torch.export.export(step, args)
+    new_args = example_inputs(p, batch=2, seed=3)
+    got, want = program.module()(*new_args), step(*new_args)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6)
