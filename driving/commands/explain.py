@@ -41,8 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--corruption", metavar="NAME:SEV", default=None,
                    help="image corruption the camera suffers, e.g. fog:3, noise:2")
     p.add_argument("--neurons", metavar="LIST", default=None,
-                   help="comma list of neuron indices to show saliency for (default: one "
-                        "motor, one command and one inter neuron); the steering output is always shown")
+                   help="comma list of neuron indices to show saliency for, or 'all' (default: "
+                        "one motor, one command and one inter neuron); the steering output is "
+                        "always shown")
     p.add_argument("--out", metavar="FILE", required=True,
                    help=".mp4/.gif video, .png still (with --frame), .json (with --ssim)")
     p.add_argument("--frame", type=int, default=None, metavar="K",
@@ -74,9 +75,11 @@ def _check_out(path: str, allowed: tuple[str, ...], mode: str) -> str:
     return ext
 
 
-def _parse_neurons(text: str | None) -> list[int] | None:
+def _parse_neurons(text: str | None) -> list[int] | str | None:
     if text is None:
         return None
+    if text.strip() == "all":
+        return "all"
     try:
         out = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -164,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     units = int(getattr(policy, "units", 0))
     if neurons is None:
         neurons = _default_neurons(policy)
+    elif neurons == "all":
+        neurons = list(range(units))
     bad = [k for k in neurons if not 0 <= k < units]
     if bad:
         raise UserError(f"--neurons {bad[0]} is out of range: {policy.name} has {units} neurons "
@@ -185,6 +190,9 @@ def _run_ssim(args, policy, env, env_id, source, corruption, steps) -> int:
     from driving.explain.saliency import visual_backprop
     from driving.explain.ssim import ssim
 
+    if steps < 200:
+        print(f"note: {steps} frames; the paper's attention SSIM uses >= 200 (--steps 200)",
+              file=sys.stderr)
     per_frame: list[float] = []
     crashes = 0
     it = drive(policy, env, steps, corruption, seed=args.seed, drive_on="clean")

@@ -190,8 +190,10 @@ class Composer:
             labels.append((self.r_tau, "effective time constant tau_eff (log scale)"))
         for (x0, y0, _, _), text in labels:
             put(img, text, (x0, y0 - int(8 * s)), 0.5 * s, TEXT)
-        for (x0, y0, _, _), k in zip(self._sal_cells, self.neurons):
-            put(img, neuron_label(k, self.groups), (x0, y0 - int(5 * s)), 0.45 * s, MUTED)
+        for (x0, y0, x1, _), k in zip(self._sal_cells, self.neurons):
+            narrow = (x1 - x0) < 150 * s
+            text = ("steer" if k == "motor" else f"n{k}") if narrow else neuron_label(k, self.groups)
+            put(img, text, (x0, y0 - int(5 * s)), 0.45 * s, MUTED)
         # steering axes
         x0, y0, x1, y1 = self.r_steer
         ym = (y0 + y1) // 2
@@ -280,11 +282,12 @@ class Composer:
         else:  # no wiring (LSTM/GRU/CT-RNN/CNN head): a grid of units
             cols = int(np.ceil(np.sqrt(self.units * w / h)))
             rows = -(-self.units // cols)
-            node_r = max(4, int(min(w / cols, (h - 30 * s) / rows) / 2.6))
+            node_r = max(4, min(int(18 * s), int(min(w / cols, (h - 30 * s) / rows) / 2.6)))
             for k in range(self.units):
                 r, c = divmod(k, cols)
                 nodes[k] = (int((c + 0.5) * w / cols), int(24 * s + (r + 0.5) * (h - 30 * s) / rows))
-            put(img, "fully connected core: no sparse wiring to draw", (int(6 * s), int(16 * s)),
+            put(img, "no sparse wiring (dense core or feed-forward head): units",
+                (int(6 * s), int(16 * s)),
                 0.45 * s, MUTED)
         return img, nodes, node_r
 
@@ -356,7 +359,8 @@ class Composer:
             yy = ry1 - 2 - (data[:, i] - lo[i]) / span[i] * (ry1 - ry0 - 4)
             lines.append((np.stack([xs, yy], 1).astype(np.int32), GROUP_C[self.groups[i]]))
             v = hist[-1][i]
-            put(img, f"{v:+.2f}" if not log else f"{v:.2g}{unit_txt}", (rx + 6, ry1 - 3),
+            put(img, f"{v:+.2f}" if not log else f"{v:.2g}{unit_txt}",
+                (rx + 6, (ry0 + ry1) // 2 + int(5 * self.s)),
                 0.38 * self.s, MUTED)
         for pts, c in lines:
             cv2.polylines(img, [pts], False, c, 1, cv2.LINE_AA)
@@ -432,9 +436,10 @@ class Composer:
             peak = float(m.max())
             heat = np.sqrt(m / peak) if peak > 0 else np.zeros_like(m)  # sqrt: show weak tails
             self._place(img, rect, heat_overlay(cam, heat.astype(np.float32), 0.6))
-            txt = f"max {peak:.1e}"
-            (tw, _), _ = cv2.getTextSize(txt, FONT, 0.4 * self.s, 1)
-            put(img, txt, (rect[2] - tw, rect[1] - int(5 * self.s)), 0.4 * self.s, MUTED)
+            if rect[2] - rect[0] >= 150 * self.s:  # room for the peak value beside the label
+                txt = f"max {peak:.1e}"
+                (tw, _), _ = cv2.getTextSize(txt, FONT, 0.4 * self.s, 1)
+                put(img, txt, (rect[2] - tw, rect[1] - int(5 * self.s)), 0.4 * self.s, MUTED)
         if self.units:
             self._draw_wiring(img, self._states[-1] if self._states else None)
             self._traces(img, self.r_trace, self._states, self._lo, self._hi, False, "")
