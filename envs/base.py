@@ -40,6 +40,17 @@ class EgoVehicle(Vehicle):
         pass
 
 
+def _dynamic_ego_class():
+    """highway-env's dynamic bicycle (tyre slip, RK4), imported lazily (it imports matplotlib)."""
+    from highway_env.vehicle.dynamics import BicycleVehicle
+
+    class DynamicEgoVehicle(BicycleVehicle):
+        def on_state_update(self) -> None:
+            pass
+
+    return DynamicEgoVehicle
+
+
 class RouteFollower(Vehicle):
     """Traffic: drives a lane of the route at constant speed (negative = oncoming)."""
 
@@ -73,6 +84,7 @@ def _base_config() -> dict[str, Any]:
         "max_steps": 1000,  # truncation
         "speed_mps": [8.0, 10.0],  # target speed drawn per episode, held by a P controller
         "speed_gain": 1.0,  # 1/s
+        "dynamics": "kinematic",  # or "dynamic": highway-env's BicycleVehicle (tyre slip)
         "max_steering_deg": 45.0,  # action 1 = this front-wheel angle (highway-env: pi/4)
         "start_lateral_m": 0.5,  # random start: |lateral offset| <= this
         "start_heading_deg": 5.0,  # random start: |heading error| <= this
@@ -142,6 +154,8 @@ class DashcamDrivingEnv(gym.Env):
         c["speed_mps"] = sp
         if not 0 <= float(c["dart_noise"]) <= 2:
             raise ValueError(f"config dart_noise must be a std in [0, 2], got {c['dart_noise']!r}")
+        if c["dynamics"] not in ("kinematic", "dynamic"):
+            raise ValueError(f"config dynamics must be 'kinematic' or 'dynamic', got {c['dynamics']!r}")
         if not 0 < float(c["max_steering_deg"]) < 90:
             raise ValueError(f"config max_steering_deg must be in (0, 90), got {c['max_steering_deg']!r}")
 
@@ -176,7 +190,8 @@ class DashcamDrivingEnv(gym.Env):
         pos, heading = track.pose_at(s0, lat0)
         lo, hi = self.config["speed_mps"]
         self.target_speed = float(rng.uniform(lo, hi))
-        self.ego = EgoVehicle(self.road, pos, heading + dh, self.target_speed)
+        ego_cls = EgoVehicle if self.config["dynamics"] == "kinematic" else _dynamic_ego_class()
+        self.ego = ego_cls(self.road, pos, heading + dh, self.target_speed)
         self.road.vehicles.append(self.ego)
         n_traffic = int(self.config["traffic"]) if track.n_lanes > 1 else 0
         for i in range(n_traffic):

@@ -21,12 +21,13 @@ class RacetrackEnv(DashcamDrivingEnv):
 
 
 class LaneKeepingEnv(DashcamDrivingEnv):
-    """`liquid_drive/LaneKeeping-v0`: highway-env's lane-keeping sine road (A = 5 m, 100 m period)."""
+    """`liquid_drive/LaneKeeping-v0`: highway-env's lane-keeping sine road (A = 5 m, 100 m period)
+    with its dynamic bicycle (`BicycleVehicle`: tyre slip, RK4), as its lane-keeping-v0."""
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
         cfg = super().default_config()
-        cfg.update(track="sine", max_steps=1000, traffic=1, traffic_oncoming=True)
+        cfg.update(track="sine", max_steps=1000, traffic=1, traffic_oncoming=True, dynamics="dynamic")
         return cfg
 
 

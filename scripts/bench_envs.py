@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     for name, job in tqdm(jobs, desc="bench_envs", file=sys.stderr):
         results[name] = job()
         r = results[name]
-        print(f"{name:38s} {r['per_s_wall']:8.0f}/s wall  {r['per_s_cpu']:8.0f}/s cpu  "
-              f"({r['ms_wall']:.3f} ms)", file=sys.stderr)
+        tqdm.write(f"{name:38s} {r['per_s_wall']:8.0f}/s wall  {r['per_s_cpu']:8.0f}/s cpu  "
+                   f"({r['ms_wall']:.3f} ms)", file=sys.stderr)
     targets = {
         "render_78x200_depth_per_s": 1000,
         "step_racetrack_per_s": 500,

@@ -196,3 +196,53 @@ def test_async_vector_env():
         assert np.all(info["on_road"])
     finally:
         venv.close()
+
+
+def test_collision_with_traffic_is_a_crash():
+    env = make(traffic=1)
+    env.reset(seed=0)
+    u = env.unwrapped
+    car = u.road.vehicles[1]
+    car.lateral = 0.0  # move the other car into the ego lane, just ahead, slow
+    car.route_s = u.route_s + 6.0
+    car.signed_speed = 1.0
+    hit = False
+    for _ in range(10):
+        _, _, _, _, info = env.step(np.zeros(1, np.float32))
+        if info["collision"]:
+            hit = info["crashed"]
+            break
+    assert hit
+
+
+def test_scenery_randomised_by_seed_and_never_on_the_road():
+    from envs.scenery import _road_clearance, default_palette
+
+    env = make("liquid_drive/RandomRoad-v0")
+    looks = set()
+    for seed in range(4):
+        env.reset(seed=seed)
+        u = env.unwrapped
+        looks.add((u.scenery.palette.asphalt, u.scenery.palette.grass_near))
+        assert len(u.scenery.obj_pos) > 20
+        assert np.all(_road_clearance(u.track, u.scenery.obj_pos) > 0.5)
+    assert len(looks) == 4
+    plain = make(randomize=False)
+    plain.reset(seed=5)
+    assert plain.unwrapped.scenery.palette == default_palette()
+    assert len(plain.unwrapped.scenery.shadows) == 0
+
+
+def test_preview_cli_writes_png(tmp_path):
+    import imageio.v3 as iio
+
+    from driving.cli import main
+
+    out = tmp_path / "p.png"
+    assert main(["preview", "--env", "liquid_drive/LaneKeeping-v0", "--out", str(out),
+                 "--frames", "2", "--every", "3", "--scale", "1"]) == 0
+    img = iio.imread(out)
+    # two 78x200 frames + gap over their depth, beside a square top-down view
+    assert img.shape == (78 * 2 + 4, 200 * 2 + 4 + 4 + 78 * 2 + 4, 3)
+    assert main(["preview", "--env", "liquid_drive/Nope-v0", "--out", str(out)]) == 2
+    assert main(["preview", "--out", str(tmp_path / "p.jpg")]) == 2

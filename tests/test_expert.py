@@ -46,3 +46,21 @@ def test_expert_label_matches_function_and_steers_back():
     centred = pure_pursuit(tr, 50.0, np.array([50.0, 0.0]), 0.0, 10.0, np.pi / 4)
     assert left > 0.05 and right < -0.05 and centred == pytest.approx(0.0, abs=1e-9)
     assert left == pytest.approx(-right)
+
+
+def test_expert_drives_dynamic_bicycle_on_racetrack():
+    """highway-env's BicycleVehicle (tyre slip; LaneKeeping's default) on the tightest track."""
+    from highway_env.vehicle.dynamics import BicycleVehicle
+
+    env = gym.make("liquid_drive/Racetrack-v0", **TINY, dynamics="dynamic", traffic=0)
+    _, info = env.reset(seed=4)
+    assert isinstance(env.unwrapped.ego, BicycleVehicle)
+    ctes = []
+    while info["lap_progress"] < 1.05:
+        _, _, _, trunc, info = env.step(np.array([info["expert_steering"]], np.float32))
+        ctes.append(abs(info["cross_track_m"]))
+        assert info["on_road"] and not trunc
+    assert np.mean(ctes) <= 0.4
+    lk = gym.make("liquid_drive/LaneKeeping-v0", **TINY)
+    lk.reset(seed=0)
+    assert isinstance(lk.unwrapped.ego, BicycleVehicle)
