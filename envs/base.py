@@ -27,7 +27,7 @@ from highway_env.vehicle.kinematics import Vehicle
 from envs.camera import CameraSpec, DashcamRenderer
 from envs.expert import pure_pursuit
 from envs.scenery import sample_scenery
-from envs.tracks import Track, _wrap, build_track
+from envs.tracks import TRACK_NAMES, Track, _wrap, build_track
 
 
 class EgoVehicle(Vehicle):
@@ -138,10 +138,14 @@ class DashcamDrivingEnv(gym.Env):
         self.track: Track | None = None
         self.renderer: DashcamRenderer | None = None
         self._static_track: Track | None = None
+        if cfg["track"] != "random":
+            self._make_track(np.random.default_rng(0))  # bad track/track_kwargs fail here, at make
 
     # ------------------------------------------------------------- config
     def _validate_config(self) -> None:
         c = self.config
+        if c["track"] not in TRACK_NAMES:
+            raise ValueError(f"unknown track {c['track']!r}; choose one of {', '.join(TRACK_NAMES)}")
         for k in ("policy_frequency", "simulation_frequency"):
             if not float(c[k]) > 0:
                 raise ValueError(f"config {k} must be > 0 Hz, got {c[k]!r}")

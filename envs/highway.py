@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from envs.base import DashcamDrivingEnv
-from envs.tracks import Track, make_random_road
+from envs.tracks import Track, build_track
 
 
 class RacetrackEnv(DashcamDrivingEnv):
@@ -71,6 +71,6 @@ class RandomRoadEnv(DashcamDrivingEnv):
         cached = getattr(self, "_cache", None)
         if cached is not None and cached[0] == (seed, tuple(sorted(kw.items()))):
             return cached[1]
-        track = make_random_road(seed, **kw)
+        track = build_track("random", seed=seed, **kw)
         self._cache = ((seed, tuple(sorted(kw.items()))), track)
         return track

@@ -206,29 +206,36 @@ def _pieces_to_lanes(
     return out, p, h
 
 
-def _line_types(n_lanes: int) -> list[tuple[float, int]]:
-    """Markings: continuous road edges, striped lines between lanes (offsets from ego centre)."""
-    lines = []
-    for k in range(n_lanes + 1):
-        lat = k - n_lanes + 0.5  # in lane widths: left edge ... right edge
-        kind = LineType.CONTINUOUS if k in (0, n_lanes) else LineType.STRIPED
-        lines.append((lat, kind))
-    return lines
+def _markings(lanes: list[AbstractLane], lane_width: float) -> list[tuple[float, int]]:
+    """Markings from the lanes' highway-env `line_types` (side 0 = lateral -w/2 = left).
+
+    A line shared by two lanes takes the stronger type (CONTINUOUS > STRIPED > NONE);
+    offsets are lateral metres from the ego (last, rightmost) lane's centre.
+    """
+    n = len(lanes)
+    found: dict[float, int] = {}
+    for k, lane in enumerate(lanes):
+        centre = -(n - 1 - k) * lane_width
+        for side, kind in zip((-0.5, 0.5), lane.line_types):
+            lat = round(centre + side * lane_width, 6)
+            found[lat] = max(found.get(lat, LineType.NONE), int(kind))
+    return sorted(found.items())
 
 
 def _assemble(name: str, piece_lanes: list[list[AbstractLane]], closed: bool, lane_width: float,
-              n_lanes: int, seed: int | None = None) -> Track:
+              n_lanes: int, seed: int | None = None, centre_line: int = LineType.STRIPED) -> Track:
+    """Network + route; outer edges CONTINUOUS, lines between lanes `centre_line`."""
     net = RoadNetwork()
-    lines = [(lat * lane_width, kind) for lat, kind in _line_types(n_lanes)]
     for i, lanes in enumerate(piece_lanes):
         a = f"n{i}"
         b = f"n{(i + 1) % len(piece_lanes)}" if closed else f"n{i + 1}"
         for k, lane in enumerate(lanes):
-            left = LineType.CONTINUOUS if k == 0 else LineType.STRIPED
+            left = LineType.CONTINUOUS if k == 0 else centre_line
             right = LineType.CONTINUOUS if k == n_lanes - 1 else LineType.NONE
             lane.line_types = [left, right]
             net.add_lane(a, b, lane)
     route = [lanes[-1] for lanes in piece_lanes]
+    lines = _markings(piece_lanes[0], lane_width)
     return Track(name, net, route, closed, lane_width, n_lanes, lines, seed)
 
 
@@ -256,15 +263,25 @@ def _close_loop(pieces: list[tuple]) -> list[tuple]:
     return [("S", float(lengths[free.index(i)])) if i in free else p for i, p in enumerate(pieces)]
 
 
-def make_racetrack(lane_width: float = 4.0, n_lanes: int = 2) -> Track:
+LINE_NAMES = {"striped": LineType.STRIPED, "continuous": LineType.CONTINUOUS, "none": LineType.NONE}
+
+
+def _line(name: str) -> int:
+    if name not in LINE_NAMES:
+        raise ValueError(f"centre_line must be one of {sorted(LINE_NAMES)}, got {name!r}")
+    return LINE_NAMES[name]
+
+
+def make_racetrack(lane_width: float = 4.0, n_lanes: int = 2, centre_line: str = "striped") -> Track:
     """A closed loop, 2 lanes, right and left curves of radius 10-35 m (an S-bend too)."""
     pieces = _close_loop(_RACETRACK)
     lanes, _, _ = _pieces_to_lanes(pieces, lane_width, n_lanes)
-    return _assemble("racetrack", lanes, True, lane_width, n_lanes)
+    return _assemble("racetrack", lanes, True, lane_width, n_lanes, centre_line=_line(centre_line))
 
 
 def make_sine_road(length: float = 800.0, amplitude: float = 5.0, period: float = 100.0,
-                   lane_width: float = 4.0, n_lanes: int = 2, phase: float = 0.0) -> Track:
+                   lane_width: float = 4.0, n_lanes: int = 2, phase: float = 0.0,
+                   centre_line: str = "striped") -> Track:
     """highway-env's lane-keeping road: a SineLane (amplitude 5 m, period 100 m)."""
     lanes = []
     for k in range(n_lanes):
@@ -272,7 +289,7 @@ def make_sine_road(length: float = 800.0, amplitude: float = 5.0, period: float 
         lanes.append(SineLane([0.0, off], [length, off], amplitude=amplitude,
                               pulsation=2 * np.pi / period, phase=phase, width=lane_width,
                               speed_limit=10.0))
-    return _assemble("sine", [lanes], False, lane_width, n_lanes)
+    return _assemble("sine", [lanes], False, lane_width, n_lanes, centre_line=_line(centre_line))
 
 
 def random_pieces(rng: np.random.Generator, length: float) -> list[tuple]:
@@ -305,14 +322,15 @@ def _self_clearance(points: np.ndarray, s: np.ndarray, min_gap_s: float) -> floa
 
 
 def make_random_road(seed: int, length: float = 800.0, lane_width: float = 3.6,
-                     n_lanes: int = 2) -> Track:
+                     n_lanes: int = 2, centre_line: str = "striped") -> Track:
     """A seeded open road of straights and arcs that never comes near itself."""
     rng = np.random.default_rng(seed)
     road_w = lane_width * n_lanes
     for _ in range(200):
         pieces = random_pieces(rng, length)
         lanes, _, _ = _pieces_to_lanes(pieces, lane_width, n_lanes)
-        track = _assemble("random", lanes, False, lane_width, n_lanes, seed=seed)
+        track = _assemble("random", lanes, False, lane_width, n_lanes, seed=seed,
+                          centre_line=_line(centre_line))
         if _self_clearance(track.points, track.s, 60.0) > road_w + 30.0:
             return track
     raise RuntimeError(f"could not generate a non-self-intersecting road for seed {seed}")
@@ -320,12 +338,17 @@ def make_random_road(seed: int, length: float = 800.0, lane_width: float = 3.6,
 
 def build_track(name: str, seed: int | None = None, **kw) -> Track:
     """Build a track by name ('racetrack', 'sine', 'random'); clear error otherwise."""
-    if name == "racetrack":
-        return make_racetrack(**kw)
-    if name == "sine":
-        return make_sine_road(**kw)
+    makers = {"racetrack": make_racetrack, "sine": make_sine_road, "random": make_random_road}
+    if name not in makers:
+        raise ValueError(f"unknown track {name!r}; choose one of {', '.join(TRACK_NAMES)}")
+    import inspect
+
+    allowed = set(inspect.signature(makers[name]).parameters) - {"seed"}
+    bad = set(kw) - allowed
+    if bad:
+        raise ValueError(f"unknown track_kwargs {sorted(bad)} for track {name!r}; allowed: {sorted(allowed)}")
     if name == "random":
         if seed is None:
             raise ValueError("track 'random' needs a seed")
         return make_random_road(seed, **kw)
-    raise ValueError(f"unknown track {name!r}; choose one of {', '.join(TRACK_NAMES)}")
+    return makers[name](**kw)

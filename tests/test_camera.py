@@ -164,3 +164,16 @@ def test_deterministic_given_seed():
 def test_bad_camera_is_a_clear_error(bad, msg):
     with pytest.raises(ValueError, match=msg):
         CameraSpec.from_config(bad)
+
+
+@pytest.mark.parametrize("centre, n_cont, dashed", [("striped", 2, True), ("continuous", 3, False),
+                                                   ("none", 2, False)])
+def test_markings_follow_highway_env_line_types(centre, n_cont, dashed):
+    tr = make_racetrack(centre_line=centre)
+    for lane in tr.route:
+        assert lane.line_types[1] == 2  # ego lane: continuous right edge
+    r = _bare(tr, CameraSpec(height=20, width=40))
+    # continuous lines of a closed loop are rings of two contours each
+    assert len(r._c_idx) - r._n_road == 2 * n_cont
+    assert (len(r._small) > 0) == dashed
+

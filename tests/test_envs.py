@@ -163,11 +163,13 @@ def test_random_road_train_test_disjoint():
     ({"camera": {"fov_deg": 0}}, "fov_deg"),
     ({"nonsense": 1}, "unknown config key"),
     ({"max_steps": 0}, "max_steps"),
+    ({"track_kwargs": {"bogus": 1}}, "unknown track_kwargs"),
+    ({"track_kwargs": {"centre_line": "zigzag"}}, "centre_line"),
+    ({"dynamics": "hover"}, "dynamics"),
 ])
 def test_bad_config_is_a_clear_error(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        env = gym.make("liquid_drive/Racetrack-v0", **kw)
-        env.reset(seed=0)
+        gym.make("liquid_drive/Racetrack-v0", **kw)  # at make time, not at the first reset
 
 
 def test_bad_action_is_a_clear_error():
