@@ -159,6 +159,15 @@ class DashcamRenderer:
         cover = np.clip(rows + 0.5 - self.horizon_v, 0, 1)  # anti-aliased horizon
         bg[:] = ((1 - cover)[:, None] * sky + cover[:, None] * grass)[:, None, :]
         self._bg = np.clip(bg, 0, 255).astype(np.uint8)
+        # aerial perspective: distant ground rows fade towards the horizon colour (ground only;
+        # applied before objects, which carry their own depth)
+        alpha = np.where(ground, 0.7 * (1 - np.exp(-self.row_depth / 250.0)), 0.0)
+        rows_h = np.flatnonzero(alpha > 0.06)
+        self._haze = None
+        if rows_h.size:
+            r0, r1 = int(rows_h.min()), int(rows_h.max()) + 1
+            a = alpha[r0:r1, None, None].astype(np.float32)
+            self._haze = (r0, r1, 1 - a, a * np.array(pal.sky_horizon, np.float32))
         self._bg_depth = np.repeat(self.row_depth[:, None], W, axis=1)
         # hills: silhouette sampled every 4 columns, closed along the horizon (+1 row)
         self._hill_cols = None
@@ -365,6 +374,9 @@ class DashcamRenderer:
             cv2.fillPoly(img, lines, self.c_marking, aa, SHIFT)
         if dashes:
             cv2.fillPoly(img, dashes, self.c_marking, aa, SHIFT)
+        if self._haze is not None:
+            r0, r1, keep, add = self._haze
+            img[r0:r1] = (img[r0:r1] * keep + add).astype(np.uint8)
         self._draw_objects(img, depth, vehicles)
         return img, depth
 
