@@ -40,7 +40,8 @@ static void vsigm_SUF(int64_t n, const REAL* restrict z, REAL* restrict s) {
    a = sigmoid(zs), A[sdst] += swE*a, D[sdst] += swp*a on top of A = a0, D = d0 + c,
    c = cmK/dt. Recurrent edges src/dst (E): z = sig*v[src] + bz, likewise wE/wp.
    K unfolds: v <- (A + c*v + sum wE*s) / (D + sum wp*s). out (B,T,N).
-   If save: SS (B,T,Es), Vs (B,T*K+1,N), S (B,T*K,E), DEN (B,T*K,N) for the adjoint. */
+   If save: SS (B,T,Es), Vs (B,T*K+1,N), S (B,T*K,E), DEN (B,T*K,N) for the adjoint.
+   If y: motor outputs y (B,T,M) = v[:M]*ow + ob. */
 void ltc_fwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t E, int64_t K,
                  const REAL* x, const REAL* dt, double dt_s, const REAL* v0,
                  const REAL* iw, const REAL* ib,
@@ -49,7 +50,8 @@ void ltc_fwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t
                  const REAL* a0, const REAL* d0, const REAL* cmK,
                  const int64_t* src, const int64_t* dst,
                  const REAL* sig, const REAL* bz, const REAL* wE, const REAL* wp,
-                 REAL* out, int save, REAL* SS, REAL* Vs, REAL* S, REAL* DEN) {
+                 REAL* out, int save, REAL* SS, REAL* Vs, REAL* S, REAL* DEN,
+                 int64_t M, const REAL* ow, const REAL* ob, REAL* y) {
     int64_t W = Es > E ? Es : E;
     REAL* buf = (REAL*)malloc(sizeof(REAL) * (7 * N + F + 2 * W));
     REAL *A = buf, *D = buf + N, *c = buf + 2 * N, *v = buf + 3 * N, *num = buf + 4 * N,
@@ -81,6 +83,7 @@ void ltc_fwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t
                 }
             }
             memcpy(out + bt * N, v, sizeof(REAL) * N);
+            if (y) for (int64_t m = 0; m < M; m++) y[bt * M + m] = v[m] * ow[m] + ob[m];
         }
     }
     free(buf);
@@ -436,7 +439,7 @@ def func(name: str, dtype: torch.dtype):  # noqa: ANN201 - ctypes function
 _funcs: dict = {}
 _I, _P, _C, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
 _ARGTYPES = {
-    "ltc_fwd": [_I] * 7 + [_P, _P, _D] + [_P] * 19 + [_C] + [_P] * 4,
+    "ltc_fwd": [_I] * 7 + [_P, _P, _D] + [_P] * 19 + [_C] + [_P] * 4 + [_I] + [_P] * 3,
     "ltc_bwd": [_I] * 7 + [_P, _P, _D] + [_P] * 22,
     "cfc_fwd": [_I] * 4 + [_C, _I] + [_P] * 5 + [_D, _I] + [_P] * 13 + [_C, _P],
     "cfc_bwd": [_I] * 4 + [_C, _I] + [_P] * 6 + [_I] + [_P] * 18,

@@ -309,6 +309,13 @@ class CfC(nn.Module):
     def _c_args(self) -> list[int]:
         return [self.l_off.data_ptr(), self.l_size.data_ptr()]
 
+    def effective_parameter_count(self) -> int:
+        """Trainable weights that can affect the output (masked-out entries excluded)."""
+        if self.backbone is not None:
+            return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        n = int(self.mask_x.sum() + self.mask_new.sum() + self.mask_old.sum()) + self.bias.numel()
+        return n + (2 * self.state_size if self.mode == "pure" else 0)
+
     def initial_state(self, batch: int = 1) -> torch.Tensor:
         p = next(self.parameters())
         return torch.zeros(batch, self.state_size, dtype=p.dtype, device=p.device)
@@ -344,7 +351,7 @@ class CfC(nn.Module):
 
     def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step: one addmm for the input heads, then one C call."""
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
         cache = self._step_cache
         if cache is None or cache[0] != key:
             with torch.no_grad():

@@ -157,7 +157,7 @@ class _LTCSeqC(torch.autograd.Function):
             sbz.data_ptr(), swE.data_ptr(), swp.data_ptr(), a0.data_ptr(), d0.data_ptr(),
             cmK.data_ptr(), src.data_ptr(), dst.data_ptr(), sig.data_ptr(), bz.data_ptr(),
             wE.data_ptr(), wp.data_ptr(), out.data_ptr(), int(save),
-            _ck.ptr(SS), _ck.ptr(Vs), _ck.ptr(S), _ck.ptr(DEN))
+            _ck.ptr(SS), _ck.ptr(Vs), _ck.ptr(S), _ck.ptr(DEN), 0, None, None, None)
         if save:
             ctx.save_for_backward(x, dt, iw, ib, ssig, swE, swp, cmK, sig, wE, wp,
                                   ssrc, sdst, src, dst, SS, Vs, S, DEN)
@@ -386,6 +386,10 @@ class LTC(nn.Module):
             den = (self._pos(self.w) * s) @ self._dst_onehot
             return self._pos(self.cm) / (self._pos(self.gleak) + ds + den)
 
+    def effective_parameter_count(self) -> int:
+        """Trainable parameters (all of them matter: they live on existing synapses only)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def initial_state(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, self.state_size, dtype=self.gleak.dtype, device=self.gleak.device)
 
@@ -424,7 +428,7 @@ class LTC(nn.Module):
 
     def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step in one C call; derived parameters cached until a parameter changes."""
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
         cache = self._step_cache
         if cache is None or cache[0] != key:
             with torch.no_grad():
@@ -435,18 +439,21 @@ class LTC(nn.Module):
             dp = [t.data_ptr() for t in d]  # iw ib | ssig sbz swE swp a0 d0 cmK | sig bz wE wp
             ptrs = (dp[:2] + [self.sensory_src.data_ptr(), self.sensory_dst.data_ptr()] + dp[2:9]
                     + [self.src.data_ptr(), self.dst.data_ptr()] + dp[9:])
-            cache = (key, d, ptrs, ow.detach(), ob.detach())
+            ow, ob = ow.detach().contiguous(), ob.detach().contiguous()
+            cache = (key, (d, ow, ob), ptrs, ow.data_ptr(), ob.data_ptr())
             self._step_cache = cache
-        _, _, ptrs, ow, ob = cache
+        _, _, ptrs, owp, obp = cache
         B = x.shape[0]
         x = x.contiguous()
         h = torch.zeros(B, self.state_size, dtype=x.dtype) if h is None else h.contiguous()
         hout = torch.empty(B, self.state_size, dtype=x.dtype)
+        y = torch.empty(B, self.output_size, dtype=x.dtype)
         _ck.func("ltc_fwd", x.dtype)(
             B, 1, self.input_size, self.state_size, int(self.sensory_src.shape[0]),
             int(self.src.shape[0]), self.ode_unfolds, x.data_ptr(), None, dt, h.data_ptr(),
-            *ptrs, hout.data_ptr(), 0, None, None, None, None)
-        return torch.addcmul(ob, hout[:, : self.output_size], ow), hout
+            *ptrs, hout.data_ptr(), 0, None, None, None, None, self.output_size, owp, obp,
+            y.data_ptr())
+        return y, hout
 
     def extra_repr(self) -> str:
         return (f"units={self.state_size}, input_size={self.input_size}, "
