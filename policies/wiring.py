@@ -276,10 +276,12 @@ class Wiring:
                 f"sensory_synapses={self.sensory_synapse_count})")
 
     # ------------------------------------------------------------------ drawing
-    def _layout(self, width: float, height: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    def _layout(self, width: float, height: float, margin: float,
+                top: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of sensory inputs and neurons: four columns, sensory → inter → command → motor."""
         cols = [list(range(self.input_dim)), self.groups["inter"], self.groups["command"],
                 self.groups["motor"]]
+        top = margin if top is None else top
         xs = np.linspace(margin, width - margin, 4)
         sens = np.zeros((self.input_dim, 2))
         neur = np.zeros((self.units, 2))
@@ -287,7 +289,8 @@ class Wiring:
             n = len(members)
             if n == 0:
                 continue
-            ys = (np.linspace(margin, height - margin, n) if n > 1 else np.array([height / 2]))
+            ys = (np.linspace(top, height - margin, n) if n > 1
+                  else np.array([(top + height - margin) / 2]))
             target = sens if c == 0 else neur
             for m, y in zip(members, ys):
                 target[m] = (xs[c], y)
@@ -331,7 +334,7 @@ class Wiring:
         if states is not None:
             ax.figure.colorbar(sc, ax=ax, fraction=0.04, label="neuron state")
         for x, name in zip(np.linspace(0.06, 0.94, 4), ("sensory", "inter", "command", "motor")):
-            ax.text(x, 1.02, name, ha="center", va="bottom", fontsize=9)
+            ax.text(x, -0.02, name, ha="center", va="center", fontsize=9)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(1.06, -0.04)
         ax.axis("off")
@@ -354,7 +357,7 @@ class Wiring:
         cache = self.__dict__.setdefault("_img_cache", {})
         if key not in cache:
             img = np.full((h, w, 3), 255, np.uint8)
-            sens, neur = self._layout(w, h, 0.08 * min(w, h))
+            sens, neur = self._layout(w, h, 0.08 * min(w, h), top=0.13 * h + 6)
             sens_i, neur_i = sens.astype(np.int32), neur.astype(np.int32)
             green, red = (40, 160, 40), (210, 50, 50)
             if show_sensory:
@@ -370,14 +373,18 @@ class Wiring:
                 if s == d:
                     cv2.circle(img, (int(neur_i[s, 0] + r), int(neur_i[s, 1] - r)), r, c, 1,
                                cv2.LINE_AA)
-                else:
-                    cv2.arrowedLine(img, tuple(neur_i[s]), tuple(neur_i[d]), c, 1, cv2.LINE_AA,
-                                    tipLength=min(0.3, 2.0 * r / max(1.0, float(
-                                        np.hypot(*(neur_i[d] - neur_i[s]))))))
+                else:  # stop at the target's rim so the arrowhead stays visible
+                    vec = (neur_i[d] - neur_i[s]).astype(float)
+                    length = max(1.0, float(np.hypot(*vec)))
+                    end = neur_i[d] - vec / length * (r + 1)
+                    cv2.arrowedLine(img, tuple(neur_i[s]), (int(end[0]), int(end[1])), c, 1,
+                                    cv2.LINE_AA, tipLength=min(0.3, 0.6 * r / length))
+            font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.3, min(w, h) / 700)
             for x, name in zip(np.linspace(0.08 * min(w, h), w - 0.08 * min(w, h), 4),
                                ("sensory", "inter", "command", "motor")):
-                cv2.putText(img, name, (int(x) - 4 * len(name), max(12, int(0.04 * h))),
-                            cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+                (tw, th), _ = cv2.getTextSize(name, font, scale, 1)
+                tx = int(np.clip(x - tw / 2, 2, w - tw - 2))
+                cv2.putText(img, name, (tx, th + 4), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
             cache[key] = (img, neur_i, r)
         base, neur_i, r = cache[key]
         img = base.copy()
