@@ -298,3 +298,29 @@ def test_bad_neuron_index_and_options():
         neuron_saliency(policy, _frame(0), reduce="mean")
     with pytest.raises(ValueError, match="uint8"):
         neuron_saliency(policy, _frame(0).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["ncp-ltc", "lstm"])
+def test_real_policy_saliency_equals_direct_autograd(name):
+    """On the real Policy: the hook-based batched maps equal autograd of `neuron_states` /
+    steering fed the whitened frame directly (the policy accepts whitened float frames)."""
+    factory = pytest.importorskip("policies.factory")
+    from policies.cnn import whiten
+
+    torch.manual_seed(0)
+    policy = factory.build_policy(name, image_hw=(32, 64))
+    policy.eval()
+    frame = np.random.default_rng(1).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    h = policy.initial_state(1)
+    dt = 0.1
+    sal = neuron_saliency(policy, frame, h, dt, neurons=[0, 3], reduce="sum")
+    x = whiten(torch.as_tensor(frame).permute(2, 0, 1)[None].float())
+    ts = torch.tensor([[dt]])
+    for k in (0, 3, MOTOR):
+        xi = x.clone().requires_grad_(True)
+        if k == MOTOR:
+            y = policy(xi[:, None], h, ts)[0][0, -1]
+        else:
+            y = policy.neuron_states(xi[:, None], h, ts)[0, -1, k]
+        (g,) = torch.autograd.grad(y, xi)
+        np.testing.assert_allclose(sal[k], g.abs().sum(1)[0].numpy(), rtol=1e-4, atol=1e-9)
