@@ -137,6 +137,9 @@ class Policy(nn.Module):
                 f"{lead_txt}3, {h}, {w})), got {x.dtype} {tuple(x.shape)}"
             )
         lead_dims = tuple(x.shape[:lead])
+        device = self.cnn.head_weight.device
+        if x.device != device:  # numpy frames arrive on the CPU; follow the policy's device
+            x = x.to(device)
         return x.reshape(-1, *x.shape[lead:]), lead_dims
 
     def _time_units(self, timespans: Any, b: int, t: int) -> torch.Tensor | None:
@@ -151,7 +154,7 @@ class Policy(nn.Module):
             )
         if not bool(torch.isfinite(ts).all()) or bool((ts <= 0).any()):
             raise ValueError("timespans must be finite and > 0 seconds (found NaN/inf/zero/negative)")
-        return ts.to(torch.float32) / self.time_unit_s
+        return ts.to(self.cnn.head_weight.device, torch.float32) / self.time_unit_s
 
     # ------------------------------------------------------------------ compute
     def _run(
@@ -248,7 +251,7 @@ class Policy(nn.Module):
             y, h = self.core.step(feats, h, dt_scalar if dt_units is None else dt_units[:, 0])
             return torch.tanh(self.readout(y)).squeeze(-1), h
         if dt_scalar is not None:
-            dt_units = torch.full((b, 1), dt_scalar)
+            dt_units = torch.full((b, 1), dt_scalar, device=feats.device)
         steering, h, _ = self._run(feats.unsqueeze(1), h, dt_units, False)
         return steering[:, 0], h
 
