@@ -434,7 +434,9 @@ class Composer:
             if m is None:
                 continue
             peak = float(m.max())
-            heat = np.sqrt(m / peak) if peak > 0 else np.zeros_like(m)  # sqrt: show weak tails
+            # sqrt: show weak tails; below 1e-30 (float32 dust, e.g. saturated tanh units) the
+            # map is shown as zero rather than amplifying rounding noise to full scale
+            heat = np.sqrt(m / peak) if peak > 1e-30 else np.zeros_like(m)
             self._place(img, rect, heat_overlay(cam, heat.astype(np.float32), 0.6))
             if rect[2] - rect[0] >= 150 * self.s:  # room for the peak value beside the label
                 txt = f"max {peak:.1e}"
