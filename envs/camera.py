@@ -20,6 +20,7 @@ drawing is anti-aliased with 4 bits of sub-pixel precision. Images are RGB.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import cv2
@@ -319,7 +320,8 @@ class DashcamRenderer:
             counts = keep.sum(1)
             pf, pr = FO[keep], RO[keep]
         uv = self._project_fr(pf, pr)
-        parts = np.split(uv, np.cumsum(counts)[:-1])
+        ends = np.cumsum(counts).tolist()
+        parts = [uv[a:b] for a, b in zip([0] + ends[:-1], ends)]
         road = [p for p in parts[: self._n_road] if len(p) >= 3]
         lines = [p for p in parts[self._n_road:] if len(p) >= 3]
         return road, lines
@@ -349,11 +351,36 @@ class DashcamRenderer:
             fl = flag[full]
             yes.extend(uv[vis & fl])
             no.extend(uv[vis & ~fl])
-        for k in np.flatnonzero(zin.any(1) & ~full):
-            c = clip_near(polys[k], z[k], near)
-            if len(c) >= 3:
-                (yes if flag[k] else no).append(self._to_cv(self._project(c)[0]))
+        for k in np.flatnonzero(zin.any(1) & ~full).tolist():
+            c = self._clip_project_small(polys[k].tolist(), near)
+            if c is not None:
+                (yes if flag[k] else no).append(c)
         return yes, no
+
+    def _clip_project_small(self, poly: list, near: float) -> np.ndarray | None:
+        """Near-clip and project one small ground polygon in plain Python (few vertices)."""
+        cx0, cy0 = self._C.tolist()
+        dx, dy = self._d.tolist()
+        fr = []
+        for x, y in poly:
+            rx, ry = x - cx0, y - cy0
+            fr.append((rx * dx + ry * dy, -rx * dy + ry * dx))
+        fmin = self._f_near
+        out = []
+        m = len(fr)
+        for i in range(m):
+            f0, r0 = fr[i]
+            f1, r1 = fr[(i + 1) % m]
+            if f0 >= fmin:
+                out.append((f0, r0))
+            if (f0 >= fmin) != (f1 >= fmin):
+                t = (fmin - f0) / (f1 - f0)
+                out.append((fmin, r0 + t * (r1 - r0)))
+        if len(out) < 3:
+            return None
+        f = np.array([p[0] for p in out])
+        r = np.array([p[1] for p in out])
+        return self._project_fr(f, r)
 
     # ---------------------------------------------------------------- render
     def render(self, position: np.ndarray, heading: float,
@@ -477,35 +504,43 @@ class DashcamRenderer:
         return out
 
     def _draw_vehicle(self, img: np.ndarray, depth: np.ndarray, veh: tuple) -> None:
-        """A box (visible side faces only, each with a dark window band)."""
+        """A box (visible side faces only, each with a dark window band); plain Python, 8 points."""
         pos, heading, length, width, color = veh
-        c, s = np.cos(heading), np.sin(heading)
-        d = np.array([c, s])
-        n = np.array([-s, c])
+        c, s = math.cos(heading), math.sin(heading)
+        px, py = float(pos[0]), float(pos[1])
         hl, hw = length / 2, width / 2
-        # ground corners: front-right, rear-right, rear-left, front-left; then the roof
-        g = np.asarray(pos, np.float64) + np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]]) @ np.stack([d, n])
-        uv, z = self._project(np.concatenate([g, g]), np.repeat([0.0, VEHICLE_HEIGHT_M], 4))
-        if (z[:4] < self.spec.near_m).any():
-            return
-        normals = np.stack([n, -d, -n, d])  # face k joins corners k and k+1
-        mids = (g + np.roll(g, -1, axis=0)) / 2
-        facing = np.einsum("ij,ij->i", mids - self._C, normals) < 0
-        a = np.arange(4)
-        b = (a + 1) % 4
-        faces = np.stack([uv[a], uv[b], uv[b + 4], uv[a + 4]], 1)  # (4, 4, 2)
-        # window band: 62-92 % of the height, 12 % inset from both ends
-        lo, hi, ins = 0.62, 0.92, 0.12
-        pa = uv[a] + ins * (uv[b] - uv[a])
-        pb = uv[b] + ins * (uv[a] - uv[b])
-        ha, hb = uv[a + 4] - uv[a], uv[b + 4] - uv[b]
-        wins = np.stack([pa + lo * ha, pb + lo * hb, pb + hi * hb, pa + hi * ha], 1)
-        fi = self._to_cv(faces)
-        wi = self._to_cv(wins)
-        zf = ((z[a] + z[b]) / 2).tolist()
-        col = np.asarray(color, float)
-        for k in np.flatnonzero(facing).tolist():
+        cx0, cy0 = self._C.tolist()
+        dx, dy = self._d.tolist()
+        ct, st, h, F = self.ct, self.st, self.h, self.F
+        near = self.spec.near_m
+        # ground corners: front-right, rear-right, rear-left, front-left (right = heading + 90 deg)
+        g = [(px + a * c - b * s, py + a * s + b * c) for a, b in ((hl, hw), (-hl, hw), (-hl, -hw), (hl, -hw))]
+        fr = [((x - cx0) * dx + (y - cy0) * dy, -(x - cx0) * dy + (y - cy0) * dx) for x, y in g]
+        uv0, uv1, z0 = [], [], []
+        for f, r in fr:
+            z = f * ct + h * st
+            if z < near:
+                return
+            z0.append(z)
+            uv0.append((self.cx - 0.5 + F * r / z, self.cy - 0.5 + F * (h * ct - f * st) / z))
+            dn = h - VEHICLE_HEIGHT_M
+            zt = f * ct + dn * st
+            uv1.append((self.cx - 0.5 + F * r / zt, self.cy - 0.5 + F * (dn * ct - f * st) / zt))
+        # outward normals of faces (k, k+1): right side, rear, left side, front
+        normals = ((-s, c), (-c, -s), (s, -c), (c, s))
+        col = [float(x) for x in color]
+        for k in range(4):
+            a, b = k, (k + 1) % 4
+            mx, my = (g[a][0] + g[b][0]) / 2 - cx0, (g[a][1] + g[b][1]) / 2 - cy0
+            if mx * normals[k][0] + my * normals[k][1] >= 0:
+                continue  # back face
+            face = np.array([uv0[a], uv0[b], uv1[b], uv1[a]])
+            ua, ub, tb, ta = face  # face = (ground a, ground b, roof b, roof a)
+            pa, pb = ua + 0.12 * (ub - ua), ub + 0.12 * (ua - ub)
+            ha, hb = ta - ua, tb - ub
+            win = np.array([pa + 0.62 * ha, pb + 0.62 * hb, pb + 0.92 * hb, pa + 0.92 * ha])
             shade = 0.75 if k in (0, 2) else 0.9
-            cv2.fillConvexPoly(img, fi[k], tuple(int(x) for x in col * shade), cv2.LINE_AA, SHIFT)
-            cv2.fillConvexPoly(depth, fi[k], zf[k], cv2.LINE_8, SHIFT)
-            cv2.fillConvexPoly(img, wi[k], (40, 45, 55), cv2.LINE_AA, SHIFT)
+            fi = self._to_cv(face)
+            cv2.fillConvexPoly(img, fi, tuple(int(x * shade) for x in col), cv2.LINE_AA, SHIFT)
+            cv2.fillConvexPoly(depth, fi, (z0[a] + z0[b]) / 2, cv2.LINE_8, SHIFT)
+            cv2.fillConvexPoly(img, self._to_cv(win), (40, 45, 55), cv2.LINE_AA, SHIFT)
