@@ -115,6 +115,12 @@ def test_traffic_box_is_drawn_with_its_depth(straight):
     assert red.sum() > 10
     assert np.all(depth[red] < 20) and np.all(depth[red] > 10)
     assert np.flatnonzero(red.any(0)).mean() < 50  # on the left lane = left of centre
+    # its rear window: dark pixels inside the car's box, in its upper part
+    rows, cols = np.nonzero(red)
+    box = img[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1].astype(int)
+    dark = box.sum(-1) < 200
+    assert dark.sum() >= 2
+    assert np.nonzero(dark)[0].mean() < (rows.max() - rows.min()) / 2
 
 
 def test_anti_aliased_edges(straight):
