@@ -46,12 +46,16 @@ class ActionSource(Protocol):
 
 @dataclass
 class EpisodeResult:
-    """One committed episode."""
+    """One recorded episode; `episode_id` waits for its commit when that runs in background."""
 
-    episode_id: int
+    _id: Any
     seed: int
     length: int
     seconds: float
+
+    @property
+    def episode_id(self) -> int:
+        return self._id if isinstance(self._id, int) else int(self._id.result())
 
 
 @dataclass
@@ -118,6 +122,7 @@ def record_episode(
     meta: Mapping[str, Any] | None = None,
     dt_jitter: float = 0.0,
     on_frames: Callable[[int], None] | None = None,
+    wait: bool = True,
 ) -> EpisodeResult:
     """Drive one episode and commit it; returns its id and length.
 
@@ -128,6 +133,7 @@ def record_episode(
     `info`. The episode ends after `max_steps` frames or when the env terminates/truncates
     (the frame after the last step is not stored: it has no executed action). `dt_jitter` > 0 draws each frame interval from
     nominal·U(1−j, 1+j) via `env.unwrapped.advance` (irregular time for liquid cores).
+    `wait=False` flushes and commits on the writer's committer thread (call `writer.wait()`).
     """
     if max_steps < 1:
         raise ValueError(f"steps must be >= 1, got {max_steps}")
@@ -207,7 +213,7 @@ def record_episode(
                 break
         builder.meta["ended_by"] = ended_by
         length = len(builder)
-        ep_id = builder.commit()
+        ep_id = builder.commit() if wait else builder.commit_async()
     except BaseException:
         builder.abort()
         raise
@@ -334,8 +340,10 @@ def collect(
                         env_id=env_id,
                         meta={"dart_noise": dart_noise},
                         on_frames=bar.update,
+                        wait=False,  # fsync + rename overlap the next episode
                     )
                     _account(result, r, steps, bar)
+                writer.wait()
             else:
                 env.close()
                 env = None
@@ -355,6 +363,7 @@ def collect(
                 )
         finally:
             bar.close()
+            writer.close()
             result.seconds = time.perf_counter() - t0
         return result
     finally:
@@ -384,13 +393,11 @@ def _worker(
 ) -> None:
     """Worker process: record episodes for seeds from the queue until it is empty."""
     _die_with_parent()
-    with contextlib.suppress(Exception):
-        import torch
-
-        torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers share the cores: no oversubscription
     try:
         env = make_env(env_id, env_kwargs)
         writer = DatasetWriter(out, env_id, env_config(env), env_camera(env), save_depth=save_depth)
+        prev: EpisodeResult | None = None
         while True:
             try:
                 s = seeds.get_nowait()
@@ -406,8 +413,14 @@ def _worker(
                 env_id=env_id,
                 meta={"dart_noise": meta_dart},
                 on_frames=lambda n: results.put(("frames", n)),
+                wait=False,
             )
-            results.put(("done", r.episode_id, r.seed, r.length, r.seconds))
+            if prev is not None:  # committed by now (the writer keeps one commit in line)
+                results.put(("done", prev.episode_id, prev.seed, prev.length, prev.seconds))
+            prev = r
+        writer.close()
+        if prev is not None:
+            results.put(("done", prev.episode_id, prev.seed, prev.length, prev.seconds))
         env.close()
         results.put(("exit", os.getpid()))
     except BaseException as exc:  # report, the parent raises

@@ -135,7 +135,7 @@ def test_sigkill_mid_write_then_resume(tmp_path):
         while time.time() < deadline:
             eps = [n for n in os.listdir(out / "episodes")] if (out / "episodes").is_dir() else []
             staged = (
-                list((out / ".staging").glob("*/frames/c/*")) if (out / ".staging").is_dir() else []
+                list((out / ".staging").glob("*/frames/c.*")) if (out / ".staging").is_dir() else []
             )
             if len([n for n in eps if n.startswith("ep_")]) >= 2 and staged:
                 break

@@ -163,20 +163,20 @@ def test_verify_and_reader_report_missing_and_corrupt_chunks(tmp_path, capsys):
         w.append_episode(*_episode(40, tag))
     assert main(["dataset", "verify", str(root), "--quiet"]) == 0
     # delete a frames chunk of episode 1, corrupt one of episode 2
-    missing = root / "episodes" / "ep_000001" / "frames" / "c" / "1" / "0" / "0" / "0"
+    missing = root / "episodes" / "ep_000001" / "frames" / "c.1.0.0.0"
     os.remove(missing)
-    corrupt = root / "episodes" / "ep_000002" / "frames" / "c" / "0" / "0" / "0" / "0"
+    corrupt = root / "episodes" / "ep_000002" / "frames" / "c.0.0.0.0"
     data = bytearray(corrupt.read_bytes())
     data[len(data) // 2 :] = b"\xff" * (len(data) - len(data) // 2)
     corrupt.write_bytes(bytes(data[: len(data) - 7]))
-    os.remove(root / "episodes" / "ep_000000" / "steering" / "c" / "0")
+    os.remove(root / "episodes" / "ep_000000" / "steering" / "c.0")
     rep = verify(root)
     assert not rep.ok
     assert rep.damaged_episodes == ["ep_000000", "ep_000001", "ep_000002"]
     text = "\n".join(rep.problems)
-    assert "ep_000001/frames: chunk file c/1/0/0/0 is missing" in text
-    assert "ep_000002/frames: chunk c/0/0/0/0 does not decode" in text
-    assert "ep_000000/steering: chunk file c/0 is missing" in text
+    assert "ep_000001/frames: chunk file c.1.0.0.0 is missing" in text
+    assert "ep_000002/frames: chunk c.0.0.0.0 does not decode" in text
+    assert "ep_000000/steering: chunk file c.0 is missing" in text
     ds = Dataset(root)
     np.testing.assert_array_equal(ds.frames(1, 0, 16), _episode(40, 1)[0][:16])  # intact part
     with pytest.raises(DatasetError, match="missing"):
@@ -224,26 +224,80 @@ def test_depth_is_stored_when_asked(tmp_path):
 
 
 def test_disk_full_keeps_committed_episodes(tmp_path, monkeypatch):
-    from zarr.storage import LocalStore
+    import driving.dataset as dsmod
 
     root = tmp_path / "ds"
     w = _writer(root)
     w.append_episode(*_episode(20, 1))
     calls = {"n": 0}
-    real_set = LocalStore.set
+    real_write = dsmod._write_file
 
-    async def full_set(self, key, value):
+    def full_write(path, data):
         calls["n"] += 1
-        if calls["n"] > 3:
+        if calls["n"] > 2:  # two chunks fit, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
-        return await real_set(self, key, value)
+        real_write(path, data)
 
-    monkeypatch.setattr(LocalStore, "set", full_set)
+    monkeypatch.setattr(dsmod, "_write_file", full_write)
     with pytest.raises(DiskFullError, match="disk full.*1 committed episodes are intact"):
-        w.append_episode(*_episode(40, 2))
+        w.append_episode(*_episode(60, 2))
     monkeypatch.undo()
-    assert not os.listdir(root / ".staging")
+    assert calls["n"] == 3
+    assert not os.listdir(root / ".staging")  # the partial episode was dropped
     ds = Dataset(root)
     assert len(ds) == 1
     np.testing.assert_array_equal(ds.frames(0), _episode(20, 1)[0])
     assert verify(root).ok
+    # after freeing space the same writer goes on
+    assert w.append_episode(*_episode(5, 3)) == 1
+
+
+@pytest.mark.parametrize("save_depth", [False, True])
+def test_files_are_byte_identical_to_zarr(tmp_path, save_depth):
+    """Our direct writer produces exactly the files zarr-python writes for the same arrays."""
+    import zarr
+
+    from driving.dataset import CHUNK_KEY_ENCODING, DEPTH_CODEC, STEP_CODEC, _codecs
+
+    root = tmp_path / "ds"
+    w = _writer(root, save_depth=save_depth, chunk_frames=4)
+    f, s = _episode(11, 5)
+    depth = np.random.default_rng(0).uniform(1, 90, (11, 6, 10)).astype(np.float32)
+    w.append_episode(f, s, depth=depth if save_depth else None)
+    ep = root / "episodes" / "ep_000000"
+    ref = zarr.open_group(tmp_path / "ref", mode="w", zarr_format=3)
+    cfg = {"write_empty_chunks": True}
+    arrays = {"frames": (f, (4, 6, 10, 3), _codecs(w.attrs["codec"]))}
+    if save_depth:
+        arrays["depth"] = (depth.astype(np.float16), (4, 6, 10), _codecs(DEPTH_CODEC))
+    got = Dataset(root)
+    for k in s:
+        arrays[k] = (got.steps(0, k), (11,), _codecs(STEP_CODEC))
+    for k, (data, chunks, codecs) in arrays.items():
+        z = ref.create_array(
+            k,
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            compressors=codecs,
+            config=cfg,
+            chunk_key_encoding=CHUNK_KEY_ENCODING,
+        )
+        z[:] = data
+        ours = sorted(str(p.relative_to(ep / k)) for p in (ep / k).rglob("*") if p.is_file())
+        theirs = sorted(
+            str(p.relative_to(tmp_path / "ref" / k))
+            for p in (tmp_path / "ref" / k).rglob("*")
+            if p.is_file()
+        )
+        assert ours == theirs, k
+        assert json.loads((ep / k / "zarr.json").read_text()) == json.loads(
+            (tmp_path / "ref" / k / "zarr.json").read_text()
+        )
+        for rel in ours:
+            if rel != "zarr.json":
+                assert (ep / k / rel).read_bytes() == (tmp_path / "ref" / k / rel).read_bytes(), (
+                    k,
+                    rel,
+                )
+    np.testing.assert_array_equal(got.frames(0), f)
