@@ -97,10 +97,24 @@ def _write_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -
     return tmp
 
 
+def _dumps(obj: Any, level: int = 0) -> str:
+    """JSON indented like ``indent=2``, but with lists of numbers/strings on one line, so a
+    wiring's adjacency rows read as a matrix instead of a thousand one-number lines."""
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)) and obj:
+        if all(not isinstance(v, (dict, list, tuple)) for v in obj):
+            return json.dumps(list(obj))
+        return "[\n" + ",\n".join(inner + _dumps(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
+
+
 def _write_json(run_dir: Path, name: str, obj: Any) -> Path:
     tmp = _tmp_path(run_dir, name)
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write(_dumps(obj))
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
