@@ -30,17 +30,44 @@ _SRC = r"""
 #include <string.h>
 #include <stdlib.h>
 
-static void vsigm_SUF(int64_t n, const REAL* restrict z, REAL* restrict s) {
-    for (int64_t e = 0; e < n; e++) s[e] = SIGM(z[e]);
+/* The LTC kernels process LN batch samples at once ("lanes", innermost index), so every
+   inner loop is a contiguous, vectorisable loop over lanes. Saved tensors use the blocked
+   layout [block][...][lane]; the last block is padded with copies of its last sample. */
+#ifndef LN
+#define LN 16
+#endif
+
+static inline void fwd_edge_SUF(const REAL* restrict vp, REAL* restrict se, REAL* restrict nq,
+                                REAL* restrict dq, REAL sg, REAL bz, REAL we, REAL wp) {
+    for (int l = 0; l < LN; l++) {
+        REAL s = SIGM(sg * vp[l] + bz);
+        se[l] = s;
+        nq[l] += we * s;
+        dq[l] += wp * s;
+    }
 }
 
-/* LTC forward over a sequence, sensory synapses included. Layouts batch-major, contiguous.
-   x (B,T,F) raw inputs; dt (B,T) or NULL (then every dt = dt_s); v0 (B,N).
-   Input map xm = x*iw + ib. Sensory edges ssrc/sdst (Es): zs = ssig*xm[ssrc] + sbz,
-   a = sigmoid(zs), A[sdst] += swE*a, D[sdst] += swp*a on top of A = a0, D = d0 + c,
-   c = cmK/dt. Recurrent edges src/dst (E): z = sig*v[src] + bz, likewise wE/wp.
-   K unfolds: v <- (A + c*v + sum wE*s) / (D + sum wp*s). out (B,T,N).
-   If save: SS (B,T,Es), Vs (B,T*K+1,N), S (B,T*K,E), DEN (B,T*K,N) for the adjoint.
+static inline void bwd_edge_SUF(const REAL* restrict gn, const REAL* restrict gd,
+                                const REAL* restrict se, const REAL* restrict vp,
+                                REAL* restrict gp, REAL* restrict aE, REAL* restrict aP,
+                                REAL* restrict aS, REAL* restrict aB, REAL we, REAL wp, REAL sg) {
+    for (int l = 0; l < LN; l++) {
+        REAL s = se[l];
+        REAL gz = (gn[l] * we + gd[l] * wp) * s * ((REAL)1 - s);
+        aE[l] += s * gn[l];
+        aP[l] += s * gd[l];
+        aS[l] += gz * vp[l];
+        aB[l] += gz;
+        gp[l] += gz * sg;
+    }
+}
+
+/* LTC forward over a sequence, sensory synapses included. x (B,T,F) raw inputs; dt (B,T)
+   or NULL (then every dt = dt_s); v0 (B,N). Input map xm = x*iw + ib. Sensory edges
+   ssrc/sdst (Es): a = sigmoid(ssig*xm[ssrc] + sbz), A[sdst] += swE*a, D[sdst] += swp*a on
+   top of A = a0, D = d0 + c, c = cmK/dt. Recurrent edges src/dst (E) likewise with
+   sig, bz, wE, wp. K unfolds: v <- (A + c*v + sum wE*s) / (D + sum wp*s). out (B,T,N).
+   If save: blocked SS (nb,T,Es,LN), Vs (nb,T*K+1,N,LN), S (nb,T*K,E,LN), DEN (nb,T*K,N,LN).
    If y: motor outputs y (B,T,M) = v[:M]*ow + ob. */
 void ltc_fwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t E, int64_t K,
                  const REAL* x, const REAL* dt, double dt_s, const REAL* v0,
@@ -52,38 +79,50 @@ void ltc_fwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t
                  const REAL* sig, const REAL* bz, const REAL* wE, const REAL* wp,
                  REAL* out, int save, REAL* SS, REAL* Vs, REAL* S, REAL* DEN,
                  int64_t M, const REAL* ow, const REAL* ob, REAL* y) {
-    int64_t W = Es > E ? Es : E;
-    REAL* buf = (REAL*)malloc(sizeof(REAL) * (7 * N + F + 2 * W));
-    REAL *A = buf, *D = buf + N, *c = buf + 2 * N, *v = buf + 3 * N, *num = buf + 4 * N,
-         *den = buf + 5 * N, *xm = buf + 7 * N, *z = xm + F, *s = z + W;
-    for (int64_t b = 0; b < B; b++) {
-        memcpy(v, v0 + b * N, sizeof(REAL) * N);
-        if (save) memcpy(Vs + b * (T * K + 1) * N, v, sizeof(REAL) * N);
+    int64_t nb = (B + LN - 1) / LN;
+    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (6 * N + F + 2));
+    REAL *A = buf, *D = A + N * LN, *c = D + N * LN, *v = c + N * LN, *num = v + N * LN,
+         *den = num + N * LN, *xm = den + N * LN, *s = xm + F * LN, *dd = s + LN;
+    int64_t bl[LN];
+    for (int64_t blk = 0; blk < nb; blk++) {
+        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
+        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
+        for (int64_t n = 0; n < N; n++)
+            for (int l = 0; l < LN; l++) v[n * LN + l] = v0[bl[l] * N + n];
+        REAL* Vsb = save ? Vs + blk * (T * K + 1) * N * LN : NULL;
+        if (save) memcpy(Vsb, v, sizeof(REAL) * N * LN);
         for (int64_t t = 0; t < T; t++) {
-            int64_t bt = b * T + t;
-            REAL d = dt ? dt[bt] : (REAL)dt_s;
-            const REAL* xt = x + bt * F;
-            for (int64_t f = 0; f < F; f++) xm[f] = xt[f] * iw[f] + ib[f];
-            for (int64_t e = 0; e < Es; e++) z[e] = ssig[e] * xm[ssrc[e]] + sbz[e];
-            REAL* ss = save ? SS + bt * Es : s;
-            vsigm_SUF(Es, z, ss);
-            for (int64_t n = 0; n < N; n++) { c[n] = cmK[n] / d; A[n] = a0[n]; D[n] = d0[n] + c[n]; }
-            for (int64_t e = 0; e < Es; e++) { A[sdst[e]] += swE[e] * ss[e]; D[sdst[e]] += swp[e] * ss[e]; }
+            for (int l = 0; l < LN; l++) dd[l] = dt ? dt[bl[l] * T + t] : (REAL)dt_s;
+            for (int64_t f = 0; f < F; f++)
+                for (int l = 0; l < LN; l++)
+                    xm[f * LN + l] = x[(bl[l] * T + t) * F + f] * iw[f] + ib[f];
+            for (int64_t n = 0; n < N; n++)
+                for (int l = 0; l < LN; l++) {
+                    REAL cc = cmK[n] / dd[l];
+                    c[n * LN + l] = cc; A[n * LN + l] = a0[n]; D[n * LN + l] = d0[n] + cc;
+                }
+            REAL* ssb = save ? SS + (blk * T + t) * Es * LN : NULL;
+            for (int64_t e = 0; e < Es; e++)
+                fwd_edge_SUF(xm + ssrc[e] * LN, save ? ssb + e * LN : s, A + sdst[e] * LN,
+                             D + sdst[e] * LN, ssig[e], sbz[e], swE[e], swp[e]);
             for (int64_t k = 0; k < K; k++) {
                 int64_t i = t * K + k;
-                for (int64_t e = 0; e < E; e++) z[e] = sig[e] * v[src[e]] + bz[e];
-                REAL* se = save ? S + (b * T * K + i) * E : s;
-                vsigm_SUF(E, z, se);
-                for (int64_t n = 0; n < N; n++) { num[n] = A[n] + c[n] * v[n]; den[n] = D[n]; }
-                for (int64_t e = 0; e < E; e++) { num[dst[e]] += wE[e] * se[e]; den[dst[e]] += wp[e] * se[e]; }
-                for (int64_t n = 0; n < N; n++) v[n] = num[n] / den[n];
+                for (int64_t j = 0; j < N * LN; j++) { num[j] = A[j] + c[j] * v[j]; den[j] = D[j]; }
+                REAL* Sb = save ? S + (blk * T * K + i) * E * LN : NULL;
+                for (int64_t e = 0; e < E; e++)
+                    fwd_edge_SUF(v + src[e] * LN, save ? Sb + e * LN : s, num + dst[e] * LN,
+                                 den + dst[e] * LN, sig[e], bz[e], wE[e], wp[e]);
+                for (int64_t j = 0; j < N * LN; j++) v[j] = num[j] / den[j];
                 if (save) {
-                    memcpy(DEN + (b * T * K + i) * N, den, sizeof(REAL) * N);
-                    memcpy(Vs + (b * (T * K + 1) + i + 1) * N, v, sizeof(REAL) * N);
+                    memcpy(DEN + (blk * T * K + i) * N * LN, den, sizeof(REAL) * N * LN);
+                    memcpy(Vsb + (i + 1) * N * LN, v, sizeof(REAL) * N * LN);
                 }
             }
-            memcpy(out + bt * N, v, sizeof(REAL) * N);
-            if (y) for (int64_t m = 0; m < M; m++) y[bt * M + m] = v[m] * ow[m] + ob[m];
+            for (int64_t l = 0; l < nl; l++) {
+                int64_t bt = (b0 + l) * T + t;
+                for (int64_t n = 0; n < N; n++) out[bt * N + n] = v[n * LN + l];
+                if (y) for (int64_t m = 0; m < M; m++) y[bt * M + m] = v[m * LN + l] * ow[m] + ob[m];
+            }
         }
     }
     free(buf);
@@ -101,79 +140,91 @@ void ltc_bwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t
                  const REAL* sig, const REAL* wE, const REAL* wp,
                  const REAL* SS, const REAL* Vs, const REAL* S, const REAL* DEN,
                  const REAL* gV, REAL* gx, REAL* gdt, REAL* gv0, REAL* gP) {
-    REAL *g_iw = gP, *g_ib = gP + F, *g_ssig = gP + 2 * F, *g_sbz = g_ssig + Es,
-         *g_swE = g_sbz + Es, *g_swp = g_swE + Es, *g_a0 = g_swp + Es, *g_d0 = g_a0 + N,
-         *g_cmK = g_d0 + N, *g_sig = g_cmK + N, *g_bz = g_sig + E, *g_wE = g_bz + E,
-         *g_wp = g_wE + E;
-    REAL* buf = (REAL*)malloc(sizeof(REAL) * (8 * N + 2 * F));
-    REAL *g = buf, *gnum = buf + N, *gden = buf + 2 * N, *gnew = buf + 3 * N, *gA = buf + 4 * N,
-         *gD = buf + 5 * N, *gc = buf + 6 * N, *c = buf + 7 * N, *xm = buf + 8 * N, *gxm = xm + F;
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t n = 0; n < N; n++) g[n] = 0;
+    int64_t nb = (B + LN - 1) / LN;
+    int64_t P = 2 * F + 4 * Es + 3 * N + 4 * E;
+    REAL* acc = (REAL*)calloc((size_t)(P * LN), sizeof(REAL));
+    REAL *a_iw = acc, *a_ib = a_iw + F * LN, *a_ssig = a_ib + F * LN, *a_sbz = a_ssig + Es * LN,
+         *a_swE = a_sbz + Es * LN, *a_swp = a_swE + Es * LN, *a_a0 = a_swp + Es * LN,
+         *a_d0 = a_a0 + N * LN, *a_cmK = a_d0 + N * LN, *a_sig = a_cmK + N * LN,
+         *a_bz = a_sig + E * LN, *a_wE = a_bz + E * LN, *a_wp = a_wE + E * LN;
+    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (8 * N + 2 * F + 2));
+    REAL *g = buf, *gnum = g + N * LN, *gden = gnum + N * LN, *gnew = gden + N * LN,
+         *gA = gnew + N * LN, *gD = gA + N * LN, *gc = gD + N * LN, *c = gc + N * LN,
+         *xm = c + N * LN, *gxm = xm + F * LN, *dd = gxm + F * LN, *gdl = dd + LN;
+    int64_t bl[LN];
+    for (int64_t blk = 0; blk < nb; blk++) {
+        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
+        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
+        const REAL* Vsb = Vs + blk * (T * K + 1) * N * LN;
+        for (int64_t j = 0; j < N * LN; j++) g[j] = 0;
         for (int64_t t = T - 1; t >= 0; t--) {
-            int64_t bt = b * T + t;
-            REAL d = dt ? dt[bt] : (REAL)dt_s;
-            const REAL* gv = gV + bt * N;
-            for (int64_t n = 0; n < N; n++) {
-                g[n] += gv[n]; gA[n] = 0; gD[n] = 0; gc[n] = 0; c[n] = cmK[n] / d;
-            }
+            for (int l = 0; l < LN; l++) { dd[l] = dt ? dt[bl[l] * T + t] : (REAL)dt_s; gdl[l] = 0; }
+            for (int64_t n = 0; n < N; n++)
+                for (int l = 0; l < LN; l++) c[n * LN + l] = cmK[n] / dd[l];
+            for (int64_t l = 0; l < nl; l++)
+                for (int64_t n = 0; n < N; n++) g[n * LN + l] += gV[((b0 + l) * T + t) * N + n];
+            for (int64_t j = 0; j < N * LN; j++) { gA[j] = 0; gD[j] = 0; gc[j] = 0; }
             for (int64_t k = K - 1; k >= 0; k--) {
                 int64_t i = t * K + k;
-                const REAL* vin = Vs + (b * (T * K + 1) + i) * N;
-                const REAL* vout = vin + N;
-                const REAL* dn = DEN + (b * T * K + i) * N;
-                const REAL* s = S + (b * T * K + i) * E;
-                for (int64_t n = 0; n < N; n++) {
-                    gnum[n] = g[n] / dn[n];
-                    gden[n] = -gnum[n] * vout[n];
-                    gA[n] += gnum[n]; gD[n] += gden[n]; gc[n] += gnum[n] * vin[n];
-                    gnew[n] = gnum[n] * c[n];
+                const REAL* vin = Vsb + i * N * LN;
+                const REAL* vout = vin + N * LN;
+                const REAL* dn = DEN + (blk * T * K + i) * N * LN;
+                const REAL* Sb = S + (blk * T * K + i) * E * LN;
+                for (int64_t j = 0; j < N * LN; j++) {
+                    REAL gn = g[j] / dn[j];
+                    REAL gdn = -gn * vout[j];
+                    gnum[j] = gn; gden[j] = gdn;
+                    gA[j] += gn; gD[j] += gdn; gc[j] += gn * vin[j];
+                    gnew[j] = gn * c[j];
                 }
-                for (int64_t e = 0; e < E; e++) {
-                    int64_t q = dst[e];
-                    REAL se = s[e];
-                    g_wE[e] += se * gnum[q];
-                    g_wp[e] += se * gden[q];
-                    REAL gz = (gnum[q] * wE[e] + gden[q] * wp[e]) * se * ((REAL)1 - se);
-                    g_sig[e] += gz * vin[src[e]];
-                    g_bz[e] += gz;
-                    gnew[src[e]] += gz * sig[e];
-                }
-                memcpy(g, gnew, sizeof(REAL) * N);
+                for (int64_t e = 0; e < E; e++)
+                    bwd_edge_SUF(gnum + dst[e] * LN, gden + dst[e] * LN, Sb + e * LN,
+                                 vin + src[e] * LN, gnew + src[e] * LN, a_wE + e * LN,
+                                 a_wp + e * LN, a_sig + e * LN, a_bz + e * LN, wE[e], wp[e], sig[e]);
+                REAL* tmp = g; g = gnew; gnew = tmp;
             }
             /* frame terms: A = a0 + sens, D = d0 + c + sens, c = cmK/dt */
-            REAL gd = 0;
-            for (int64_t n = 0; n < N; n++) {
-                g_a0[n] += gA[n];
-                g_d0[n] += gD[n];
-                REAL gcc = gc[n] + gD[n];
-                g_cmK[n] += gcc / d;
-                gd -= gcc * c[n] / d;
-            }
-            gdt[bt] = gd;
-            const REAL* xt = x + bt * F;
-            for (int64_t f = 0; f < F; f++) { xm[f] = xt[f] * iw[f] + ib[f]; gxm[f] = 0; }
-            const REAL* ss = SS + bt * Es;
-            for (int64_t e = 0; e < Es; e++) {
-                int64_t q = sdst[e];
-                REAL se = ss[e];
-                g_swE[e] += se * gA[q];
-                g_swp[e] += se * gD[q];
-                REAL gz = (gA[q] * swE[e] + gD[q] * swp[e]) * se * ((REAL)1 - se);
-                g_ssig[e] += gz * xm[ssrc[e]];
-                g_sbz[e] += gz;
-                gxm[ssrc[e]] += gz * ssig[e];
-            }
-            REAL* gxt = gx + bt * F;
-            for (int64_t f = 0; f < F; f++) {
-                g_iw[f] += gxm[f] * xt[f];
-                g_ib[f] += gxm[f];
-                gxt[f] = gxm[f] * iw[f];
-            }
+            for (int64_t n = 0; n < N; n++)
+                for (int l = 0; l < LN; l++) {
+                    int64_t j = n * LN + l;
+                    a_a0[j] += gA[j];
+                    a_d0[j] += gD[j];
+                    REAL gcc = gc[j] + gD[j];
+                    a_cmK[j] += gcc / dd[l];
+                    gdl[l] -= gcc * c[j] / dd[l];
+                }
+            for (int64_t l = 0; l < nl; l++) gdt[(b0 + l) * T + t] = gdl[l];
+            for (int64_t f = 0; f < F; f++)
+                for (int l = 0; l < LN; l++) {
+                    xm[f * LN + l] = x[(bl[l] * T + t) * F + f] * iw[f] + ib[f];
+                    gxm[f * LN + l] = 0;
+                }
+            const REAL* ssb = SS + (blk * T + t) * Es * LN;
+            for (int64_t e = 0; e < Es; e++)
+                bwd_edge_SUF(gA + sdst[e] * LN, gD + sdst[e] * LN, ssb + e * LN,
+                             xm + ssrc[e] * LN, gxm + ssrc[e] * LN, a_swE + e * LN,
+                             a_swp + e * LN, a_ssig + e * LN, a_sbz + e * LN, swE[e], swp[e], ssig[e]);
+            for (int64_t f = 0; f < F; f++)
+                for (int l = 0; l < LN; l++) {
+                    int64_t j = f * LN + l;
+                    REAL xv = x[(bl[l] * T + t) * F + f];
+                    a_iw[j] += gxm[j] * xv;
+                    a_ib[j] += gxm[j];
+                }
+            for (int64_t l = 0; l < nl; l++)
+                for (int64_t f = 0; f < F; f++)
+                    gx[((b0 + l) * T + t) * F + f] = gxm[f * LN + l] * iw[f];
         }
-        memcpy(gv0 + b * N, g, sizeof(REAL) * N);
+        for (int64_t l = 0; l < nl; l++)
+            for (int64_t n = 0; n < N; n++) gv0[(b0 + l) * N + n] = g[n * LN + l];
+    }
+    for (int64_t p = 0; p < P; p++) {
+        REAL sum = 0;
+        for (int l = 0; l < LN; l++) sum += acc[p * LN + l];
+        gP[p] += sum;
     }
     free(buf);
+    free(acc);
 }
 
 /* CfC gate of one neuron: heads z[0..H-1] (stride n between heads). Returns h. */
@@ -391,6 +442,9 @@ def _build() -> ctypes.CDLL | None:
                 return None
             os.replace(so_tmp, out)  # atomic: concurrent builders never see half a file
     return ctypes.CDLL(str(out))
+
+
+LANES = 16  # batch samples per vector block in the LTC kernels (the C macro LN)
 
 
 def lib() -> ctypes.CDLL | None:

@@ -144,11 +144,12 @@ class _LTCSeqC(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         dtype = x.dtype
         out = torch.empty(B, T, N, dtype=dtype)
-        if save:
-            SS = torch.empty(B, T, Es, dtype=dtype)
-            Vs = torch.empty(B, T * K + 1, N, dtype=dtype)
-            S = torch.empty(B, T * K, E, dtype=dtype)
-            DEN = torch.empty(B, T * K, N, dtype=dtype)
+        if save:  # blocked layout [block][...][lane], see policies/_ckernel.py
+            nb, L = -(-B // _ck.LANES), _ck.LANES
+            SS = torch.empty(nb, T, Es, L, dtype=dtype)
+            Vs = torch.empty(nb, T * K + 1, N, L, dtype=dtype)
+            S = torch.empty(nb, T * K, E, L, dtype=dtype)
+            DEN = torch.empty(nb, T * K, N, L, dtype=dtype)
         else:
             SS = Vs = S = DEN = None
         _ck.func("ltc_fwd", dtype)(
