@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -775,6 +776,8 @@ class Dataset:
         self._arrays: dict[tuple[int, str], Any] = {}
         self._steps: dict[tuple[int, str], np.ndarray] = {}
         self._checked_chunks: set[tuple[int, str, int]] = set()
+        self._decoders: dict[tuple[int, str], Any] = {}
+        self._chunk_cache: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -783,6 +786,7 @@ class Dataset:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_arrays"] = {}  # zarr handles are reopened in each worker
+        state["_chunk_cache"] = OrderedDict()
         return state
 
     @property
@@ -850,13 +854,79 @@ class Dataset:
         if not 0 <= start <= stop <= n:
             raise IndexError(f"range [{start}, {stop}) outside episode {i} of length {n}")
         arr = self.array(i, name)
-        cf = self.chunk_frames
-        for c in range(start // cf, (max(stop, start + 1) - 1) // cf + 1):
-            self._check_chunk(i, name, arr, c)
+        cf = arr.chunks[0]
+        chunks = range(start // cf, (max(stop, start + 1) - 1) // cf + 1)
+        dec = self._decoder(i, name, arr)
+        if dec is None:  # not our layout: zarr's general path
+            for c in chunks:
+                self._check_chunk(i, name, arr, c)
+            try:
+                return arr[start:stop]
+            except Exception as exc:
+                raise self._damage(i, name, exc) from exc
+        out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
+        for c in chunks:
+            block = self._chunk(i, name, arr, dec, c)
+            a, b = max(start, c * cf), min(stop, (c + 1) * cf)
+            out[a - start : b - start] = block[a - c * cf : b - c * cf]
+        return out
+
+    def _decoder(self, i: int, name: str, arr: Any) -> Any:
+        """A direct chunk decoder for arrays in our layout (bytes → blosc/zstd → crc32c, time
+        chunks over whole frames), else None. Reading chunk files ourselves skips zarr's
+        async hand-offs, ~3x faster for 16-frame windows."""
+        key = (i, name)
+        if key in self._decoders:
+            return self._decoders[key]
+        dec = None
+        meta = arr.metadata.to_dict()
+        codecs = meta.get("codecs", [])
+        names = [c.get("name") for c in codecs]
+        whole = list(arr.chunks[1:]) == list(arr.shape[1:])
+        if len(codecs) == 3 and names[0] == "bytes" and names[2] == "crc32c" and whole:
+            from numcodecs import Blosc, Zstd
+
+            endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+            if names[1] in ("blosc", "zstd") and (endian == "little" or arr.dtype.itemsize == 1):
+                dec = (
+                    Blosc() if names[1] == "blosc" else Zstd(),
+                    np.dtype(arr.dtype).newbyteorder("<"),
+                )
+        self._decoders[key] = dec
+        return dec
+
+    def _chunk(self, i: int, name: str, arr: Any, dec: Any, c: int) -> np.ndarray:
+        """Chunk `c` of an array, checksum verified, decoded (a few recent ones cached)."""
+        import google_crc32c
+
+        key = (i, name, c)
+        block = self._chunk_cache.get(key)
+        if block is not None:
+            self._chunk_cache.move_to_end(key)
+            return block
+        rel = arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
+        path = self._path(i) / name / rel
         try:
-            return arr[start:stop]
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DatasetError(
+                f"chunk file {path} is missing (damaged dataset); run `driving dataset verify "
+                f"{self.root}` and re-record or drop episode {self.episodes[i].name}"
+            ) from None
+        codec, dtype = dec
+        try:
+            if len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(
+                data[-4:], "little"
+            ):
+                raise ValueError("CRC32C checksum mismatch")
+            raw = codec.decode(data[:-4])
+            block = np.frombuffer(raw, dtype=dtype).reshape(arr.chunks)
         except Exception as exc:
             raise self._damage(i, name, exc) from exc
+        self._chunk_cache[key] = block
+        if len(self._chunk_cache) > 8:
+            self._chunk_cache.popitem(last=False)
+        return block
 
     def _check_chunk(self, i: int, name: str, arr: Any, c: int) -> None:
         """zarr silently returns fill values for a missing chunk file: refuse that instead."""
