@@ -214,6 +214,10 @@ def save_checkpoint(
     ``optimizer_state`` is any nested state (e.g. ``{"optimizer": opt.state_dict(),
     "epoch": 3}``); read it back with `load_optimizer_state`. Returns the directory.
     """
+    for attr in ("module", "_orig_mod"):  # DistributedDataParallel / torch.compile wrappers
+        inner = getattr(policy, attr, None)
+        if not isinstance(policy, Policy) and isinstance(inner, Policy):
+            policy = inner
     if not isinstance(policy, Policy):
         raise ValueError(f"save_checkpoint needs a policies.Policy, got {type(policy).__name__}")
     config = dict(config or {})

@@ -271,3 +271,18 @@ def test_a_file_inside_the_run_dir_is_accepted(tmp_path):
     save_checkpoint(tmp_path, p, {})
     q, _ = load_policy(tmp_path / "config.json")
     assert q.name == "cnn"
+
+
+def test_wrapped_policies_are_unwrapped_and_others_refused(tmp_path):
+    p = build_policy("gru", image_hw=HW)
+
+    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel(policy)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    save_checkpoint(tmp_path, Wrapper(p), {})
+    q, cfg = load_policy(tmp_path)
+    assert cfg["policy"] == "gru" and "module.cnn.head_weight" not in cfg["tensors"]
+    with pytest.raises(ValueError, match="needs a policies.Policy"):
+        save_checkpoint(tmp_path, torch.nn.Linear(2, 2), {})
