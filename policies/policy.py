@@ -232,7 +232,10 @@ class Policy(nn.Module):
             self._check_state(h, b)
         dt_units: torch.Tensor | None = None  # (B, 1) in time units
         dt_scalar: float | None = None  # the cells' fastest closed-loop path takes a float
-        if isinstance(dt, (int, float)) and not isinstance(dt, bool):
+        if isinstance(dt, bool):
+            raise ValueError("dt must be elapsed seconds (a float or a (B,) tensor), got a bool")
+        if isinstance(dt, (int, float, np.number)) or (isinstance(dt, np.ndarray) and dt.ndim == 0):
+            dt = float(dt)  # also numpy scalars such as an env's np.float32 dt
             if not (math.isfinite(dt) and dt > 0):
                 raise ValueError(f"dt must be finite and > 0 seconds, got {dt}")
             dt_scalar = float(dt) / self.time_unit_s

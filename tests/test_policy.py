@@ -247,3 +247,5 @@ def test_float_dt_and_tensor_dt_steps_agree(policies, name):
         assert torch.allclose(sb, steer[:, t], atol=1e-5)
     with pytest.raises(ValueError, match="> 0"):
         p.step(x[0, 0], None, dt=-0.1)
+    s32, _ = p.step(x[0, 0], None, dt=np.float32(0.15))  # an env's numpy dt
+    assert torch.allclose(s32, steer[:, 0], atol=1e-5)
