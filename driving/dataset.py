@@ -465,6 +465,39 @@ def _array_metadata(
     return meta
 
 
+def _direct_decoder(arr: Any) -> tuple[Any, np.dtype] | None:
+    """(codec, dtype) to decode chunk files of `arr` directly when it has our layout (bytes →
+    blosc/zstd → crc32c, chunks along time over whole frames), else None (use zarr).
+
+    Reading the files ourselves skips zarr's async hand-offs: ~3x faster 16-frame windows."""
+    meta = arr.metadata.to_dict()
+    codecs = meta.get("codecs", [])
+    names = [c.get("name") for c in codecs]
+    whole = list(arr.chunks[1:]) == list(arr.shape[1:])
+    if not (len(codecs) == 3 and names[0] == "bytes" and names[2] == "crc32c" and whole):
+        return None
+    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+    if names[1] not in ("blosc", "zstd") or (endian != "little" and arr.dtype.itemsize > 1):
+        return None
+    from numcodecs import Blosc, Zstd
+
+    return (Blosc() if names[1] == "blosc" else Zstd()), np.dtype(arr.dtype).newbyteorder("<")
+
+
+def _decode_chunk_file(
+    path: Path, dec: tuple[Any, np.dtype], chunks: tuple[int, ...]
+) -> np.ndarray:
+    """Read one chunk file, check its CRC32C, decode it (FileNotFoundError if missing)."""
+    import google_crc32c
+
+    data = path.read_bytes()
+    if len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+        raise ValueError("CRC32C checksum mismatch (the file was changed or truncated)")
+    codec, dtype = dec
+    raw = codec.decode(data[:-4])
+    return np.frombuffer(raw, dtype=dtype).reshape(chunks)
+
+
 class _ChunkEncoder:
     """Encodes one chunk as zarr's codec chain does: raw little-endian bytes, the compressor,
     then the CRC32C checksum appended (4 bytes, little-endian)."""
@@ -823,11 +856,12 @@ class Dataset:
         out = self._steps.get(key)
         if out is None:
             arr = self.array(i, name)
-            self._check_chunk(i, name, arr, 0)
-            try:
-                out = np.asarray(arr[:])
-            except Exception as exc:
-                raise self._damage(i, name, exc) from exc
+            if arr.shape[0] != self.episodes[i].length:
+                raise DatasetError(
+                    f"{self._path(i) / name} has {arr.shape[0]} steps, the episode "
+                    f"{self.episodes[i].length}; run `driving dataset verify {self.root}`"
+                )
+            out = self._read_images(i, name, 0, arr.shape[0], cache=False)
             if len(out) != self.episodes[i].length:
                 raise DatasetError(
                     f"{self._path(i) / name} has {len(out)} steps, the episode {self.episodes[i].length}; "
@@ -848,7 +882,9 @@ class Dataset:
             )
         return self._read_images(i, "depth", start, stop).astype(np.float32)
 
-    def _read_images(self, i: int, name: str, start: int, stop: int | None) -> np.ndarray:
+    def _read_images(
+        self, i: int, name: str, start: int, stop: int | None, cache: bool = True
+    ) -> np.ndarray:
         n = self.episodes[i].length
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
@@ -866,39 +902,21 @@ class Dataset:
                 raise self._damage(i, name, exc) from exc
         out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
         for c in chunks:
-            block = self._chunk(i, name, arr, dec, c)
+            block = self._chunk(i, name, arr, dec, c, cache)
             a, b = max(start, c * cf), min(stop, (c + 1) * cf)
             out[a - start : b - start] = block[a - c * cf : b - c * cf]
         return out
 
     def _decoder(self, i: int, name: str, arr: Any) -> Any:
-        """A direct chunk decoder for arrays in our layout (bytes → blosc/zstd → crc32c, time
-        chunks over whole frames), else None. Reading chunk files ourselves skips zarr's
-        async hand-offs, ~3x faster for 16-frame windows."""
         key = (i, name)
-        if key in self._decoders:
-            return self._decoders[key]
-        dec = None
-        meta = arr.metadata.to_dict()
-        codecs = meta.get("codecs", [])
-        names = [c.get("name") for c in codecs]
-        whole = list(arr.chunks[1:]) == list(arr.shape[1:])
-        if len(codecs) == 3 and names[0] == "bytes" and names[2] == "crc32c" and whole:
-            from numcodecs import Blosc, Zstd
+        if key not in self._decoders:
+            self._decoders[key] = _direct_decoder(arr)
+        return self._decoders[key]
 
-            endian = (codecs[0].get("configuration") or {}).get("endian", "little")
-            if names[1] in ("blosc", "zstd") and (endian == "little" or arr.dtype.itemsize == 1):
-                dec = (
-                    Blosc() if names[1] == "blosc" else Zstd(),
-                    np.dtype(arr.dtype).newbyteorder("<"),
-                )
-        self._decoders[key] = dec
-        return dec
-
-    def _chunk(self, i: int, name: str, arr: Any, dec: Any, c: int) -> np.ndarray:
+    def _chunk(
+        self, i: int, name: str, arr: Any, dec: Any, c: int, cache: bool = True
+    ) -> np.ndarray:
         """Chunk `c` of an array, checksum verified, decoded (a few recent ones cached)."""
-        import google_crc32c
-
         key = (i, name, c)
         block = self._chunk_cache.get(key)
         if block is not None:
@@ -907,22 +925,16 @@ class Dataset:
         rel = arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
         path = self._path(i) / name / rel
         try:
-            data = path.read_bytes()
+            block = _decode_chunk_file(path, dec, arr.chunks)
         except FileNotFoundError:
             raise DatasetError(
                 f"chunk file {path} is missing (damaged dataset); run `driving dataset verify "
                 f"{self.root}` and re-record or drop episode {self.episodes[i].name}"
             ) from None
-        codec, dtype = dec
-        try:
-            if len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(
-                data[-4:], "little"
-            ):
-                raise ValueError("CRC32C checksum mismatch")
-            raw = codec.decode(data[:-4])
-            block = np.frombuffer(raw, dtype=dtype).reshape(arr.chunks)
         except Exception as exc:
             raise self._damage(i, name, exc) from exc
+        if not cache:
+            return block
         self._chunk_cache[key] = block
         if len(self._chunk_cache) > 8:
             self._chunk_cache.popitem(last=False)
@@ -1073,6 +1085,8 @@ def verify(root: str | os.PathLike, progress: bool = False) -> VerifyReport:
                     f"{name}/frames: shape {arr.shape[1:]} != dataset {image_shape}"
                 )
             cf = arr.chunks[0]
+            dec = _direct_decoder(arr)
+            last_t = -np.inf
             for c in range(-(-arr.shape[0] // cf)):
                 rep.chunks += 1
                 coords = (c,) + (0,) * (arr.ndim - 1)
@@ -1081,7 +1095,11 @@ def verify(root: str | os.PathLike, progress: bool = False) -> VerifyReport:
                     rep.problems.append(f"{name}/{a}: chunk file {rel} is missing")
                     continue
                 try:
-                    block = arr[c * cf : (c + 1) * cf]
+                    if dec is not None:
+                        block = _decode_chunk_file(apath / rel, dec, arr.chunks)
+                        block = block[: max(0, min(cf, arr.shape[0] - c * cf))]
+                    else:
+                        block = arr[c * cf : (c + 1) * cf]
                 except Exception as exc:
                     rep.problems.append(
                         f"{name}/{a}: chunk {rel} does not decode ({type(exc).__name__}: {exc})"
@@ -1093,6 +1111,10 @@ def verify(root: str | os.PathLike, progress: bool = False) -> VerifyReport:
                     rep.problems.append(f"{name}/{a}: non-finite values in chunk {rel}")
                 if a == "dt_s" and np.any(block < 0):
                     rep.problems.append(f"{name}/dt_s: negative time steps")
+                if a == "time_s" and len(block):
+                    if np.any(np.diff(block) < 0) or block[0] < last_t:
+                        rep.problems.append(f"{name}/time_s: time goes backwards")
+                    last_t = float(block[-1])
         if len(rep.problems) > before:
             rep.damaged_episodes.append(name)
         else:
