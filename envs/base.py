@@ -200,6 +200,7 @@ class DashcamDrivingEnv(gym.Env):
         n_traffic = int(self.config["traffic"]) if track.n_lanes > 1 else 0
         for i in range(n_traffic):
             s = s0 + 25.0 + (i + rng.uniform(0, 1)) * track.length / max(n_traffic, 1) * 0.8
+            s %= track.length
             v = float(rng.uniform(0.4, 0.8) * self.target_speed)
             if self.config["traffic_oncoming"]:
                 v = -v

@@ -1,9 +1,10 @@
 """Benchmark the dashcam simulator on one core.
 
 Targets (issue 3): render only at 78x200 with depth >= 1,000 frames/s; a full env step on
-the racetrack (physics + dashcam + depth + expert) >= 500 steps/s. Each measurement is
+the racetrack (physics + dashcam + depth + expert) >= 500 steps/s. Also reports the
+expert's lane keeping over full episodes (mean/max |cross-track error|, off-road steps). Each measurement is
 repeated for several rounds and the best round is kept (other processes on a shared
-machine only ever slow a round down); CPU time of this process is reported beside wall
+machine only ever slow a round down; short rounds, many of them, find the quiet moments); CPU time of this process is reported beside wall
 time, since the targets are about one core.
 
     .venv/bin/python scripts/bench_envs.py --json bench_envs.json
@@ -78,11 +79,61 @@ def bench_step(env_id: str, n: int, rounds: int, **kw) -> dict:
     return out
 
 
+def expert_quality(env_id: str, seeds: int) -> dict:
+    """The expert over full episodes (a lap budget of 1,500 steps on the loop)."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+
+    env = gym.make(env_id, max_steps=1500, camera={"height": 8, "width": 16})
+    per = []
+    for seed in range(seeds):
+        _, info = env.reset(seed=seed)
+        ctes, off = [], 0
+        while True:
+            _, _, term, trunc, info = env.step(np.array([info["expert_steering"]], np.float32))
+            ctes.append(abs(info["cross_track_m"]))
+            off += int(not info["on_road"])
+            if term or trunc:
+                break
+        per.append({"seed": seed, "steps": len(ctes), "mean_abs_cte_m": float(np.mean(ctes)),
+                    "max_abs_cte_m": float(np.max(ctes)), "off_road_steps": off,
+                    "lap_progress": float(info["lap_progress"])})
+    return {"seeds": per, "mean_abs_cte_m": float(np.mean([p["mean_abs_cte_m"] for p in per])),
+            "max_abs_cte_m": float(np.max([p["max_abs_cte_m"] for p in per])),
+            "off_road_steps": int(sum(p["off_road_steps"] for p in per))}
+
+
+def bench_physics(n: int, rounds: int) -> dict:
+    """One racetrack step without the camera: 3 physics sub-steps, lane tracking, expert."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+
+    env = gym.make("liquid_drive/Racetrack-v0").unwrapped
+    env.reset(seed=0)
+    sub = int(round(env.config["simulation_frequency"] / env.config["policy_frequency"]))
+    h = 1.0 / env.config["simulation_frequency"]
+
+    def run(k):
+        for _ in range(k):
+            a = env.expert_action()
+            for _ in range(sub):
+                env.ego.action = {"steering": a * np.pi / 4, "acceleration": env.target_speed - env.ego.speed}
+                env.road.step(h)
+            env._update_lane_state()
+
+    run(20)
+    return _timed(run, n, rounds)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    ap.add_argument("--frames", type=int, default=2000, help="frames/steps per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=1000, help="frames/steps per round")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds; the best is kept")
+    ap.add_argument("--expert-seeds", type=int, default=3,
+                    help="full expert episodes per env for the quality numbers (0 = skip)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     jobs = [
@@ -91,9 +142,7 @@ def main(argv=None) -> int:
         ("step_racetrack", lambda: bench_step("liquid_drive/Racetrack-v0", args.frames, args.rounds)),
         ("step_lanekeeping", lambda: bench_step("liquid_drive/LaneKeeping-v0", args.frames, args.rounds)),
         ("step_randomroad", lambda: bench_step("liquid_drive/RandomRoad-v0", args.frames, args.rounds)),
-        ("step_racetrack_physics_expert_only", lambda: bench_step(
-            "liquid_drive/Racetrack-v0", args.frames, args.rounds,
-            camera={"height": 1, "width": 1}, object_density=0.0)),
+        ("racetrack_physics_expert_no_camera", lambda: bench_physics(args.frames, args.rounds)),
     ]
     results = {}
     for name, job in tqdm(jobs, desc="bench_envs", file=sys.stderr):
@@ -101,6 +150,14 @@ def main(argv=None) -> int:
         r = results[name]
         tqdm.write(f"{name:38s} {r['per_s_wall']:8.0f}/s wall  {r['per_s_cpu']:8.0f}/s cpu  "
                    f"({r['ms_wall']:.3f} ms)", file=sys.stderr)
+    expert = {}
+    if args.expert_seeds > 0:
+        import envs
+
+        for eid in tqdm(envs.ENV_IDS, desc="expert", file=sys.stderr):
+            expert[eid] = q = expert_quality(eid, args.expert_seeds)
+            tqdm.write(f"expert {eid:30s} mean|cte| {q['mean_abs_cte_m']:.3f} m  max {q['max_abs_cte_m']:.3f} m  "
+                       f"off-road steps {q['off_road_steps']}", file=sys.stderr)
     targets = {
         "render_78x200_depth_per_s": 1000,
         "step_racetrack_per_s": 500,
@@ -114,6 +171,7 @@ def main(argv=None) -> int:
             "step_racetrack": results["step_racetrack"]["per_s_cpu"] >= 500,
         },
         "results": results,
+        "expert": expert,
     }
     if args.json:
         with open(args.json + ".tmp", "w") as f:
