@@ -371,3 +371,11 @@ def test_real_checkpoint_cli_eval(tmp_path, capsys):
     capsys.readouterr()
     assert main(bad) == 2
     assert "78x200" in capsys.readouterr().err
+
+
+def test_cli_invalid_checkpoint_config_exits_2(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"format": "something-else"}')
+    (tmp_path / "model.safetensors").write_bytes(b"junk")
+    argv = ["eval", "--checkpoint", str(tmp_path), "--env", "liquid_drive/LaneKeeping-v0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--checkpoint" in capsys.readouterr().err

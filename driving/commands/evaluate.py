@@ -84,12 +84,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    run_dir = Path(args.checkpoint)
-    if not (run_dir / "config.json").is_file():
-        raise UserError(
-            f"--checkpoint {run_dir} is not a checkpoint directory (no config.json); "
-            "pass the RUN directory written by `driving train --out RUN`"
-        )
+    from policies.checkpoint import read_config, resolve_run_dir
+
+    try:
+        run_dir = resolve_run_dir(args.checkpoint)
+        read_config(run_dir)  # validates the checkpoint before any env or worker starts
+    except ValueError as exc:
+        raise UserError(f"--checkpoint: {exc}") from None
     spec = EvalSpec(
         checkpoint=os.fspath(run_dir), env_id=args.env, env_kwargs=parse_env_config(args.env_config),
         episodes=args.episodes, corruptions=corruptions, severities=severities, steps=args.steps,
