@@ -227,23 +227,43 @@ void ltc_bwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t
     free(acc);
 }
 
-/* CfC gate of one neuron: heads z[0..H-1] (stride n between heads). Returns h. */
-static inline REAL cfc_gate_SUF(int mode, const REAL* z, int64_t n, REAL ts, REAL A, REAL wt) {
+/* CfC gates over the LN lanes of one neuron: z1..z4 its head rows (LN each). */
+static inline void cfc_gate_SUF(int mode, const REAL* restrict z1, const REAL* restrict z2,
+                                const REAL* restrict z3, const REAL* restrict z4,
+                                const REAL* restrict ts, REAL A, REAL wt, REAL* restrict h) {
     if (mode == 2) {
-        REAL f = z[0];
-        return -A * EXP(-ts * ((REAL)fabs(wt) + (REAL)fabs(f))) * f + A;
+        REAL awt = (REAL)fabs(wt);
+        for (int l = 0; l < LN; l++) {
+            REAL f = z1[l];
+            h[l] = -A * EXP(-ts[l] * (awt + (REAL)fabs(f))) * f + A;
+        }
+    } else if (mode == 1) {
+        for (int l = 0; l < LN; l++)
+            h[l] = TANH(z1[l]) + SIGM(z3[l] * ts[l] + z4[l]) * TANH(z2[l]);
+    } else {
+        for (int l = 0; l < LN; l++) {
+            REAL f1 = TANH(z1[l]), f2 = TANH(z2[l]), sg = SIGM(z3[l] * ts[l] + z4[l]);
+            h[l] = f1 * ((REAL)1 - sg) + sg * f2;
+        }
     }
-    REAL f1 = TANH(z[0]), f2 = TANH(z[n]);
-    REAL s = SIGM(z[2 * n] * ts + z[3 * n]);
-    if (mode == 1) return f1 + s * f2;
-    return f1 * ((REAL)1 - s) + s * f2;
 }
 
-/* Wired CfC forward, internal (layer-major) neuron order. PX (B,T,HN) = x·Wx + bias;
-   h0 (B,N); dts (B,T) or NULL (then dt_s); perm_in/perm_out (nullable): read h0[perm_in[i]]
-   into internal neuron i, write internal neuron perm_out[j] to output column j; old-state weights as a column-sorted list (o_row, o_col, o_val, no);
-   new-state weights likewise (n_row, n_col, n_val), with per-layer ranges n_lo/n_hi.
-   Layers: L, off (L), size (L). Out: Hs (B,T,N); if save: Z (B,T,HN) pre-activations. */
+static inline void lane_axpy_SUF(REAL* restrict y, const REAL* restrict x, REAL a) {
+    for (int l = 0; l < LN; l++) y[l] += a * x[l];
+}
+
+/* y += a*x and acc += x*w (both per lane). */
+static inline void lane_bwd_SUF(REAL* restrict gsrc, REAL* restrict acc, const REAL* restrict gz,
+                                const REAL* restrict hsrc, REAL w) {
+    for (int l = 0; l < LN; l++) { acc[l] += hsrc[l] * gz[l]; gsrc[l] += w * gz[l]; }
+}
+
+/* Wired CfC forward, internal (layer-major) neuron order, LN samples per block.
+   PX (B,T,HN) = x·Wx + bias; h0 (B,N); dts (B,T) or NULL (then dt_s); perm_in/perm_out
+   (nullable): read h0[perm_in[i]] into internal neuron i, write internal neuron
+   perm_out[j] to output column j. Old-state weights: column-sorted list (o_row, o_col,
+   o_val, no); new-state weights likewise (n_row, n_col, n_val) with per-layer ranges
+   n_lo/n_hi. Layers: L, off (L), size (L). Out: Hs (B,T,N); if save: Z (nb,T,HN,LN). */
 void cfc_fwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L,
                  const int64_t* off, const int64_t* size,
                  const REAL* PX, const REAL* h0, const REAL* dts, double dt_s,
@@ -252,36 +272,80 @@ void cfc_fwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L
                  const int64_t* n_row, const int64_t* n_col, const REAL* n_val,
                  const REAL* Ap, const REAL* wtp, const int64_t* perm_in, const int64_t* perm_out,
                  REAL* Hs, int save, REAL* Z) {
-    int64_t HN = H * N;
-    REAL* z = (REAL*)malloc(sizeof(REAL) * (HN + 2 * N));
-    REAL* hold = z + HN;
-    REAL* hn = hold + N;
-    for (int64_t b = 0; b < B; b++) {
-        if (perm_in) { for (int64_t i = 0; i < N; i++) hold[i] = h0[b * N + perm_in[i]]; }
-        else memcpy(hold, h0 + b * N, sizeof(REAL) * N);
+    int64_t HN = H * N, nb = (B + LN - 1) / LN;
+    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (HN + 2 * N + 1));
+    REAL *z = buf, *hold = z + HN * LN, *hn = hold + N * LN, *ts = hn + N * LN;
+    int64_t bl[LN];
+    for (int64_t blk = 0; blk < nb; blk++) {
+        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
+        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
+        for (int64_t i = 0; i < N; i++)
+            for (int l = 0; l < LN; l++)
+                hold[i * LN + l] = h0[bl[l] * N + (perm_in ? perm_in[i] : i)];
         for (int64_t t = 0; t < T; t++) {
-            REAL ts = dts ? dts[b * T + t] : (REAL)dt_s;
-            memcpy(z, PX + (b * T + t) * HN, sizeof(REAL) * HN);
-            for (int64_t q = 0; q < no; q++) z[o_col[q]] += hold[o_row[q]] * o_val[q];
-            for (int64_t l = 0; l < L; l++) {
-                for (int64_t q = n_lo[l]; q < n_hi[l]; q++) z[n_col[q]] += hn[n_row[q]] * n_val[q];
-                int64_t o = off[l], n = size[l];
-                const REAL* zl = z + H * o;
-                for (int64_t r = 0; r < n; r++)
-                    hn[o + r] = cfc_gate_SUF(mode, zl + r, n, ts, Ap ? Ap[o + r] : 0,
-                                             wtp ? wtp[o + r] : 0);
+            for (int l = 0; l < LN; l++) ts[l] = dts ? dts[bl[l] * T + t] : (REAL)dt_s;
+            for (int64_t j = 0; j < HN; j++)
+                for (int l = 0; l < LN; l++) z[j * LN + l] = PX[(bl[l] * T + t) * HN + j];
+            for (int64_t q = 0; q < no; q++)
+                lane_axpy_SUF(z + o_col[q] * LN, hold + o_row[q] * LN, o_val[q]);
+            for (int64_t k = 0; k < L; k++) {
+                for (int64_t q = n_lo[k]; q < n_hi[k]; q++)
+                    lane_axpy_SUF(z + n_col[q] * LN, hn + n_row[q] * LN, n_val[q]);
+                int64_t o = off[k], n = size[k];
+                const REAL* zl = z + H * o * LN;
+                for (int64_t r = 0; r < n; r++) {
+                    const REAL* z1 = zl + r * LN;
+                    cfc_gate_SUF(mode, z1, z1 + n * LN, z1 + 2 * n * LN, z1 + 3 * n * LN, ts,
+                                 Ap ? Ap[o + r] : 0, wtp ? wtp[o + r] : 0, hn + (o + r) * LN);
+                }
             }
-            if (save) memcpy(Z + (b * T + t) * HN, z, sizeof(REAL) * HN);
-            if (perm_out) { for (int64_t j = 0; j < N; j++) Hs[(b * T + t) * N + j] = hn[perm_out[j]]; }
-            else memcpy(Hs + (b * T + t) * N, hn, sizeof(REAL) * N);
-            memcpy(hold, hn, sizeof(REAL) * N);
+            if (save) memcpy(Z + (blk * T + t) * HN * LN, z, sizeof(REAL) * HN * LN);
+            for (int64_t l = 0; l < nl; l++)
+                for (int64_t j = 0; j < N; j++)
+                    Hs[((b0 + l) * T + t) * N + j] = hn[(perm_out ? perm_out[j] : j) * LN + l];
+            memcpy(hold, hn, sizeof(REAL) * N * LN);
         }
     }
-    free(z);
+    free(buf);
 }
 
-/* Wired CfC adjoint. gHs (B,T,N) in. Out (overwritten): gPX (B,T,HN), gh0 (B,N),
-   gdt (B,T). Accumulated (caller zeroes): g_oval (no), g_nval (nn), gA (N), gwt (N). */
+static inline void cfc_gate_bwd_SUF(int nogate, const REAL* restrict gh, const REAL* restrict z1,
+                                    const REAL* restrict z2, const REAL* restrict z3,
+                                    const REAL* restrict z4, const REAL* restrict ts,
+                                    REAL* restrict g1, REAL* restrict g2, REAL* restrict g3,
+                                    REAL* restrict g4, REAL* restrict gts) {
+    for (int l = 0; l < LN; l++) {
+        REAL f1 = TANH(z1[l]), f2 = TANH(z2[l]);
+        REAL sg = SIGM(z3[l] * ts[l] + z4[l]);
+        REAL d1 = gh[l] * ((REAL)1 - f1 * f1);
+        g1[l] = nogate ? d1 : d1 * ((REAL)1 - sg);
+        REAL gs = nogate ? gh[l] * f2 : gh[l] * (f2 - f1);
+        g2[l] = gh[l] * sg * ((REAL)1 - f2 * f2);
+        REAL gsp = gs * sg * ((REAL)1 - sg);
+        g3[l] = gsp * ts[l];
+        g4[l] = gsp;
+        gts[l] += gsp * z3[l];
+    }
+}
+
+static inline void cfc_pure_bwd_SUF(const REAL* restrict gh, const REAL* restrict z1,
+                                    const REAL* restrict ts, REAL A, REAL wt, REAL* restrict g1,
+                                    REAL* restrict aA, REAL* restrict aw, REAL* restrict gts) {
+    REAL awt = (REAL)fabs(wt);
+    REAL sw = wt > 0 ? (REAL)1 : (wt < 0 ? (REAL)-1 : (REAL)0);
+    for (int l = 0; l < LN; l++) {
+        REAL f = z1[l], af = (REAL)fabs(f);
+        REAL e = EXP(-ts[l] * (awt + af));
+        g1[l] = -gh[l] * A * e * ((REAL)1 - ts[l] * af);
+        aA[l] += gh[l] * ((REAL)1 - e * f);
+        aw[l] += gh[l] * A * f * e * ts[l] * sw;
+        gts[l] += gh[l] * A * f * e * (awt + af);
+    }
+}
+
+/* Wired CfC adjoint (internal order, no perms). gHs (B,T,N) in. Out (overwritten):
+   gPX (B,T,HN), gh0 (B,N), gdt (B,T). Accumulated (caller zeroes): g_oval (no),
+   g_nval (n_hi[L-1]), gA (N), gwt (N). */
 void cfc_bwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L,
                  const int64_t* off, const int64_t* size,
                  const REAL* h0, const REAL* dts, const REAL* Hs, const REAL* Z,
@@ -291,71 +355,71 @@ void cfc_bwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L
                  const REAL* Ap, const REAL* wtp, const REAL* gHs,
                  REAL* gPX, REAL* gh0, REAL* gdt,
                  REAL* g_oval, REAL* g_nval, REAL* gA, REAL* gwt) {
-    int64_t HN = H * N;
-    REAL* g = (REAL*)malloc(sizeof(REAL) * (2 * N));
-    REAL* gold = g + N;
-    for (int64_t b = 0; b < B; b++) {
-        for (int64_t n = 0; n < N; n++) g[n] = 0;
+    int64_t HN = H * N, nb = (B + LN - 1) / LN, nn = n_hi[L - 1];
+    int64_t P = no + nn + 2 * N;
+    REAL* acc = (REAL*)calloc((size_t)(P * LN), sizeof(REAL));
+    REAL *a_o = acc, *a_n = a_o + no * LN, *a_A = a_n + nn * LN, *a_wt = a_A + N * LN;
+    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (HN + 4 * N + 2));
+    REAL *gz = buf, *g = gz + HN * LN, *gold = g + N * LN, *hn = gold + N * LN,
+         *hold = hn + N * LN, *ts = hold + N * LN, *gts = ts + LN;
+    int64_t bl[LN];
+    for (int64_t blk = 0; blk < nb; blk++) {
+        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
+        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
+        for (int64_t j = 0; j < N * LN; j++) g[j] = 0;
         for (int64_t t = T - 1; t >= 0; t--) {
-            const REAL* z = Z + (b * T + t) * HN;
-            const REAL* hn = Hs + (b * T + t) * N;
-            const REAL* hold = t > 0 ? Hs + (b * T + t - 1) * N : h0 + b * N;
-            const REAL* gv = gHs + (b * T + t) * N;
-            REAL* gz = gPX + (b * T + t) * HN;
-            REAL ts = dts[b * T + t];
-            REAL gts = 0;
-            for (int64_t n = 0; n < N; n++) g[n] += gv[n];
-            for (int64_t l = L - 1; l >= 0; l--) {
-                int64_t o = off[l], n = size[l];
-                const REAL* zl = z + H * o;
-                REAL* gzl = gz + H * o;
+            const REAL* z = Z + (blk * T + t) * HN * LN;
+            for (int l = 0; l < LN; l++) { ts[l] = dts[bl[l] * T + t]; gts[l] = 0; }
+            for (int64_t i = 0; i < N; i++)
+                for (int l = 0; l < LN; l++) {
+                    hn[i * LN + l] = Hs[(bl[l] * T + t) * N + i];
+                    hold[i * LN + l] = t > 0 ? Hs[(bl[l] * T + t - 1) * N + i] : h0[bl[l] * N + i];
+                }
+            for (int64_t l = 0; l < nl; l++)
+                for (int64_t i = 0; i < N; i++) g[i * LN + l] += gHs[((b0 + l) * T + t) * N + i];
+            for (int64_t k = L - 1; k >= 0; k--) {
+                int64_t o = off[k], n = size[k];
+                const REAL* zl = z + H * o * LN;
+                REAL* gzl = gz + H * o * LN;
                 for (int64_t r = 0; r < n; r++) {
-                    REAL gh = g[o + r];
-                    if (mode == 2) {
-                        REAL f = zl[r], A = Ap[o + r], wt = wtp[o + r];
-                        REAL awt = (REAL)fabs(wt), af = (REAL)fabs(f);
-                        REAL e = EXP(-ts * (awt + af));
-                        gzl[r] = -gh * A * e * ((REAL)1 - ts * af);
-                        gA[o + r] += gh * ((REAL)1 - e * f);
-                        REAL sw = wt > 0 ? (REAL)1 : (wt < 0 ? (REAL)-1 : (REAL)0);
-                        gwt[o + r] += gh * A * f * e * ts * sw;
-                        gts += gh * A * f * e * (awt + af);
-                    } else {
-                        REAL f1 = TANH(zl[r]), f2 = TANH(zl[n + r]);
-                        REAL s = SIGM(zl[2 * n + r] * ts + zl[3 * n + r]);
-                        REAL gs;
-                        if (mode == 1) {
-                            gzl[r] = gh * ((REAL)1 - f1 * f1);
-                            gs = gh * f2;
-                        } else {
-                            gzl[r] = gh * ((REAL)1 - s) * ((REAL)1 - f1 * f1);
-                            gs = gh * (f2 - f1);
-                        }
-                        gzl[n + r] = gh * s * ((REAL)1 - f2 * f2);
-                        REAL gsp = gs * s * ((REAL)1 - s);
-                        gzl[2 * n + r] = gsp * ts;
-                        gzl[3 * n + r] = gsp;
-                        gts += gsp * zl[2 * n + r];
-                    }
+                    const REAL* gh = g + (o + r) * LN;
+                    const REAL* z1 = zl + r * LN;
+                    REAL* g1 = gzl + r * LN;
+                    if (mode == 2)
+                        cfc_pure_bwd_SUF(gh, z1, ts, Ap[o + r], wtp[o + r], g1,
+                                         a_A + (o + r) * LN, a_wt + (o + r) * LN, gts);
+                    else
+                        cfc_gate_bwd_SUF(mode == 1, gh, z1, z1 + n * LN, z1 + 2 * n * LN,
+                                         z1 + 3 * n * LN, ts, g1, g1 + n * LN, g1 + 2 * n * LN,
+                                         g1 + 3 * n * LN, gts);
                 }
-                for (int64_t q = n_lo[l]; q < n_hi[l]; q++) {
-                    REAL gq = gz[n_col[q]];
-                    g_nval[q] += hn[n_row[q]] * gq;
-                    g[n_row[q]] += n_val[q] * gq;
-                }
+                for (int64_t q = n_lo[k]; q < n_hi[k]; q++)
+                    lane_bwd_SUF(g + n_row[q] * LN, a_n + q * LN, gz + n_col[q] * LN,
+                                 hn + n_row[q] * LN, n_val[q]);
             }
-            for (int64_t n = 0; n < N; n++) gold[n] = 0;
-            for (int64_t q = 0; q < no; q++) {
-                REAL gq = gz[o_col[q]];
-                g_oval[q] += hold[o_row[q]] * gq;
-                gold[o_row[q]] += o_val[q] * gq;
+            for (int64_t j = 0; j < N * LN; j++) gold[j] = 0;
+            for (int64_t q = 0; q < no; q++)
+                lane_bwd_SUF(gold + o_row[q] * LN, a_o + q * LN, gz + o_col[q] * LN,
+                             hold + o_row[q] * LN, o_val[q]);
+            for (int64_t l = 0; l < nl; l++) {
+                gdt[(b0 + l) * T + t] = gts[l];
+                for (int64_t j = 0; j < HN; j++) gPX[((b0 + l) * T + t) * HN + j] = gz[j * LN + l];
             }
-            gdt[b * T + t] = gts;
-            memcpy(g, gold, sizeof(REAL) * N);
+            REAL* tmp = g; g = gold; gold = tmp;
         }
-        memcpy(gh0 + b * N, g, sizeof(REAL) * N);
+        for (int64_t l = 0; l < nl; l++)
+            for (int64_t i = 0; i < N; i++) gh0[(b0 + l) * N + i] = g[i * LN + l];
     }
-    free(g);
+    for (int64_t q = 0; q < P; q++) {
+        REAL sum = 0;
+        for (int l = 0; l < LN; l++) sum += acc[q * LN + l];
+        if (q < no) g_oval[q] += sum;
+        else if (q < no + nn) g_nval[q - no] += sum;
+        else if (q < no + nn + N) gA[q - no - nn] += sum;
+        else gwt[q - no - nn - N] += sum;
+    }
+    free(buf);
+    free(acc);
 }
 """
 

@@ -410,7 +410,7 @@ class _CfCSeqC(torch.autograd.Function):
         N = int(h0.shape[1])
         save = any(ctx.needs_input_grad)
         Hs = torch.empty(B, T, N, dtype=PX.dtype)
-        Z = torch.empty(B, T, HN, dtype=PX.dtype) if save else None
+        Z = torch.empty(-(-B // _ck.LANES), T, HN, _ck.LANES, dtype=PX.dtype) if save else None
         o_val, n_val = o_val.contiguous(), n_val.contiguous()
         pure = mod.mode == "pure"
         _ck.func("cfc_fwd", PX.dtype)(
@@ -430,10 +430,10 @@ class _CfCSeqC(torch.autograd.Function):
     def backward(ctx, gHs):  # type: ignore[override]
         h0, dt, Hs, Z, o_val, n_val, A, wt = ctx.saved_tensors
         mod = ctx.mod
-        B, T, HN = Z.shape
-        N = int(h0.shape[1])
+        B, T, N = Hs.shape
+        HN = mod.heads * N
         gHs = gHs.contiguous()
-        gPX = torch.empty_like(Z)
+        gPX = torch.empty(B, T, HN, dtype=Z.dtype)
         gh0 = torch.empty_like(h0)
         gdt = torch.empty_like(dt)
         g_o = torch.zeros_like(o_val)
