@@ -183,8 +183,10 @@ def plot_compare(labels: list[str], reports: list[dict], out: Path) -> list[Path
         for ax in axes.ravel()[len(names):]:
             ax.axis("off")
         handles, leg = axes.ravel()[0].get_legend_handles_labels()
-        fig.legend(handles, leg, loc="upper center", ncol=min(6, len(leg)), fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1, 0.9))
+        fig.suptitle(f"{label}: mean and 95% interval over episodes", y=0.99, fontsize=10)
+        fig.legend(handles, leg, loc="upper center", bbox_to_anchor=(0.5, 0.95),
+                   ncol=min(6, len(leg)), fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.86))
         p = out / f"compare_{key}.png"
         fig.savefig(p, dpi=100)
         plt.close(fig)

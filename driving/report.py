@@ -175,9 +175,11 @@ def plot_report(report: dict, out_dir: Path) -> list[Path]:
     for ax, (key, label, _, _) in zip(axes.ravel(), PLOT_METRICS):
         _draw_metric(ax, series, key, label, _reference_value(report, key))
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(8, len(labels)), fontsize=8)
-    fig.suptitle(f"{report['policy']} on {report['env']}: robustness", y=0.995, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.suptitle(f"{report['policy']} on {report['env']}: robustness (shaded: 95% interval)",
+                 y=0.99, fontsize=10)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.955),
+               ncol=min(8, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.91))
     p = out_dir / "robustness.png"
     fig.savefig(p, dpi=100)
     plt.close(fig)
