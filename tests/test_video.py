@@ -235,3 +235,19 @@ def test_real_env_video_frames_and_rate(tmp_path):
     frames, meta = _read(str(out))
     assert len(frames) == 5 and frames[0].shape == (720, 1280, 3)
     assert meta["fps"] == pytest.approx(fps)
+
+
+def test_cli_checkpoint_still(tmp_path):
+    """--checkpoint loads a saved run (safetensors + config.json) and renders a still."""
+    from policies.checkpoint import save_checkpoint
+    from policies.factory import build_policy
+
+    policy = build_policy("ncp-ltc")
+    run = tmp_path / "run"
+    save_checkpoint(str(run), policy, {"policy": "ncp-ltc", "image_hw": list(policy.image_hw)})
+    png = tmp_path / "c.png"
+    assert main(["explain", "--checkpoint", str(run), "--env", FAKE_ID, "--frame", "1",
+                 "--out", str(png)]) == 0
+    assert iio.imread(str(png)).shape[:2] == (720, 1280)
+    assert main(["explain", "--checkpoint", str(tmp_path / "nope"), "--env", FAKE_ID,
+                 "--out", str(tmp_path / "x.mp4")]) == 2

@@ -129,7 +129,7 @@ def _atomic_json(path: str, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from driving.explain.drive import make_env, parse_corruption
+    from driving.explain.drive import make_env, parse_corruption, run_env_id
 
     torch.set_num_threads(1)  # one thread: stable on shared cores (DESIGN.md §6)
     # --- everything that can be checked before work
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"--neurons {bad[0]} is out of range: {policy.name} has {units} neurons "
                         f"(valid 0..{units - 1})")
-    env_id = args.env or config.get("env_id") or "liquid_drive/Racetrack-v0"
+    env_id = args.env or run_env_id(config) or "liquid_drive/Racetrack-v0"
     env = make_env(env_id, config, tuple(policy.image_hw))
     try:
         if args.ssim:

@@ -53,6 +53,13 @@ def parse_corruption(spec: str | None) -> tuple[str, int]:
     return name, severity
 
 
+def run_env_id(config: dict[str, Any] | None) -> str | None:
+    """The env a checkpoint was trained in (config["env_id"] or its dataset's), if recorded."""
+    cfg = config or {}
+    ds = cfg.get("dataset") if isinstance(cfg.get("dataset"), dict) else {}
+    return cfg.get("env_id") or ds.get("env_id")
+
+
 def make_env(env_id: str, config: dict[str, Any] | None = None, image_hw: tuple[int, int] | None = None):
     """gym.make(env_id) with the run's env settings when it was trained on the same env.
 
@@ -68,10 +75,14 @@ def make_env(env_id: str, config: dict[str, Any] | None = None, image_hw: tuple[
         raise UserError(f"unknown env {env_id!r}; choose one of {', '.join(known)}")
     kw: dict[str, Any] = {}
     cfg = config or {}
-    if cfg.get("env_id") == env_id and isinstance(cfg.get("env_config"), dict):
+    if run_env_id(cfg) == env_id and isinstance(cfg.get("env_config"), dict):
         kw = dict(cfg["env_config"])
-    if image_hw is not None and "camera" not in kw and "config" not in kw:
-        kw["camera"] = {"height": int(image_hw[0]), "width": int(image_hw[1])}
+    if "camera" not in kw and "config" not in kw:
+        cam = dict(cfg["camera"]) if isinstance(cfg.get("camera"), dict) else {}
+        if image_hw is not None:  # the camera the checkpoint was trained with, at its size
+            cam.update(height=int(image_hw[0]), width=int(image_hw[1]))
+        if cam:
+            kw["camera"] = cam
     try:
         return gym.make(env_id, **kw)
     except TypeError:
