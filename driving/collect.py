@@ -14,6 +14,7 @@ from the small drifts a learned policy makes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -76,7 +77,10 @@ class CollectResult:
 def env_camera(env: Any) -> dict[str, Any]:
     """Camera description of an env: `config["camera"]`, or the image size of its obs space."""
     cfg = getattr(env.unwrapped, "config", None) or {}
-    cam = dict(cfg.get("camera") or {})
+    cam = cfg.get("camera") or {}
+    if dataclasses.is_dataclass(cam) and not isinstance(cam, type):
+        cam = dataclasses.asdict(cam)
+    cam = dict(cam)
     if "height" not in cam or "width" not in cam:
         shape = env.observation_space["image"].shape
         cam.update(height=int(shape[0]), width=int(shape[1]))

@@ -820,6 +820,7 @@ class Dataset:
         state = self.__dict__.copy()
         state["_arrays"] = {}  # zarr handles are reopened in each worker
         state["_chunk_cache"] = OrderedDict()
+        state["_decoders"] = {}
         return state
 
     @property
