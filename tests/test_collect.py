@@ -356,3 +356,54 @@ def test_real_env_end_to_end_replays_exactly(tmp_path):
         noise = action - label
         assert 0.02 < noise.std() < 0.4  # DART noise was applied to the executed steering
         assert np.all(ds.steps(i, "dt_s") > 0) and ds.steps(i, "on_road").all()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_sigkill_with_workers_leaves_no_orphans(tmp_path):
+    out = tmp_path / "ds"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from driving.collect import collect
+        if __name__ == "__main__":
+            collect({FAKE!r}, 6, 60, {str(out)!r}, workers=2, progress=False,
+                    env_kwargs={{"step_sleep": 0.03}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    pids: set[int] = set()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(pids) < 2:
+            if (out / ".staging").is_dir():
+                pids |= {int(p.name.split("-")[1]) for p in (out / ".staging").iterdir()}
+            assert proc.poll() is None, "collect finished before it could be killed"
+            time.sleep(0.01)
+        assert len(pids) == 2, "both workers should be recording"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # an episode takes ~2 s here: workers still running after 1 s would go on writing
+    deadline = time.time() + 1.0
+    while time.time() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.02)
+    assert not any(_running(p) for p in pids), "workers outlived the killed collect"
+    done = len(Dataset(out)) if (out / "zarr.json").exists() else 0
+    time.sleep(0.5)
+    assert (len(Dataset(out)) if (out / "zarr.json").exists() else 0) == done
+    assert verify(out).ok
+    res = collect(FAKE, 6, 60, out, progress=False)
+    assert len(res.skipped_seeds) == done
+    assert sorted(e.meta["seed"] for e in Dataset(out).episodes) == list(range(6))
