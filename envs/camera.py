@@ -183,21 +183,18 @@ class DashcamRenderer:
             poly[-1] = (int(cols[-1] * ONE), base)
             self._hill_poly = poly
         # --- ground geometry, precomputed once per track in world coordinates
-        road = self._strip(track.left_edge, track.right_edge)
-        lines = []
+        line_pairs = []
         dashes = []
         for lat, kind in track.lane_lines:
             if kind == LineType.CONTINUOUS:
                 inset = 0.25 if lat <= track.left_edge + 1e-6 else -0.25 if lat >= track.right_edge - 1e-6 else 0
                 c = lat + inset
-                lines.extend(self._strip(c - LINE_WIDTH_M / 2, c + LINE_WIDTH_M / 2))
+                line_pairs.append((c - LINE_WIDTH_M / 2, c + LINE_WIDTH_M / 2))
             elif kind == LineType.STRIPED:
                 dashes.append(self._dashes(lat))
-        # all long contours share one length: stacked, they are clipped/projected in one pass
-        contours = road + lines
-        self._c_idx = np.stack([c[0] for c in contours])
-        self._c_lat = np.stack([c[1] for c in contours])
-        self._n_road = len(road)
+        self._line_pairs = np.asarray(line_pairs, np.float64).reshape(-1, 2)
+        self._road_pair = (track.left_edge, track.right_edge)
+        self._n_lines = len(line_pairs)
         dash = np.concatenate(dashes) if dashes else np.zeros((0, 6, 2))
         wear_rng = np.random.default_rng(scenery.wear_seed)
         dash = dash[wear_rng.random(len(dash)) < scenery.dash_keep_prob]
@@ -214,19 +211,6 @@ class DashcamRenderer:
         self.c_asphalt_far = pal.asphalt_far
 
     # ------------------------------------------------------------ precompute
-    def _strip(self, lat_a: float, lat_b: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Contours of the band between two lateral offsets (two loops if the track is closed).
-
-        A contour is (sample indices, lateral offsets): its points are
-        `points[idx] + lat * lateral_u[idx]`, so per frame it costs two fused array ops.
-        """
-        n = len(self.track.points)
-        idx = np.arange(n)
-        if self.track.closed:
-            return [(idx, np.full(n, lat_a)), (idx, np.full(n, lat_b))]
-        return [(np.concatenate([idx, idx[::-1]]),
-                 np.concatenate([np.full(n, lat_a), np.full(n, lat_b)]))]
-
     def _dashes(self, lat: float) -> np.ndarray:
         """Hexagonal dashes (3 points per side follow curves) along a striped line."""
         tr = self.track
@@ -291,10 +275,77 @@ class DashcamRenderer:
         out *= ONE
         return np.rint(out).astype(np.int32)
 
+    ROAD_RANGE_M = 400.0  # open roads: only road within this distance of the camera is drawn
+    MARKING_RANGE_M = 150.0  # markings: within this distance (sub-pixel far lines would be
+    # drawn a full pixel wide by anti-aliasing, a bright streak along the horizon)
+
+    def _runs(self, near: np.ndarray) -> list[np.ndarray] | None:
+        """Index runs of consecutive route samples flagged `near`; None = the whole loop."""
+        n = len(near)
+        if near.all() and self.track.closed:
+            return None
+        if not near.any():
+            return []
+        dm = np.diff(near.astype(np.int8))
+        starts = (np.flatnonzero(dm == 1) + 1).tolist()
+        ends = (np.flatnonzero(dm == -1) + 1).tolist()
+        if near[0]:
+            starts.insert(0, 0)
+        if near[-1]:
+            ends.append(n)
+        runs = [np.arange(s, e) for s, e in zip(starts, ends)]
+        if self.track.closed and near[0] and near[-1] and len(runs) > 1:
+            runs[0] = np.concatenate([runs.pop(), runs[0]])  # a run across the loop's seam
+        return runs
+
+    def _ground_rows(self, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(K, M) sample indices and lateral offsets of this frame's long contours.
+
+        A band between two lateral offsets is either a ring pair (a whole closed loop: two
+        rows, filled even-odd) or one strip row per run of nearby samples (forward along
+        one offset, back along the other). Rows are padded to one length by repeating
+        their last vertex (a zero-length edge changes nothing). Returns also the number
+        of road rows (the rest are continuous lines).
+        """
+        d2 = fp[:, 0] ** 2 + fp[:, 1] ** 2
+        rows: list[tuple[np.ndarray, float, float]] = []
+
+        def band(runs, a, b):
+            if runs is None:
+                ring = np.arange(len(fp))
+                rows.extend([(ring, a, a), (ring, b, b)])
+            else:
+                rows.extend((np.concatenate([r, r[::-1]]), a, b) for r in runs if len(r) >= 2)
+
+        la, lb = self._road_pair
+        band(None if self.track.closed else self._runs(d2 < self.ROAD_RANGE_M ** 2), la, lb)
+        n_road = len(rows)
+        if self._n_lines:
+            runs = self._runs(d2 < self.MARKING_RANGE_M ** 2)
+            for a, b in self._line_pairs.tolist():
+                band(runs, a, b)
+        if not rows:
+            return np.zeros((0, 0), np.int64), np.zeros((0, 0)), 0
+        M = max(len(r[0]) for r in rows)
+        idx = np.empty((len(rows), M), np.int64)
+        lat = np.empty((len(rows), M))
+        for j, (ids, a, b) in enumerate(rows):
+            m = len(ids)
+            idx[j, :m] = ids
+            idx[j, m:] = ids[-1]
+            if a == b:
+                lat[j] = a
+            else:
+                lat[j, : m // 2] = a
+                lat[j, m // 2:] = b
+        return idx, lat, n_road
+
     def _ground_contours(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Road and continuous-line contours, near-clipped and projected in one vectorised pass."""
         fp, fu = self._fr_p, self._fr_u
-        idx, lat = self._c_idx, self._c_lat
+        idx, lat, n_road = self._ground_rows(fp)
+        if idx.size == 0:
+            return [], []
         Fm = fp[idx, 0] + lat * fu[idx, 0]  # (K, M) forward metres
         Rm = fp[idx, 1] + lat * fu[idx, 1]  # (K, M) right metres
         fmin = self._f_near
@@ -322,8 +373,8 @@ class DashcamRenderer:
         uv = self._project_fr(pf, pr)
         ends = np.cumsum(counts).tolist()
         parts = [uv[a:b] for a, b in zip([0] + ends[:-1], ends)]
-        road = [p for p in parts[: self._n_road] if len(p) >= 3]
-        lines = [p for p in parts[self._n_road:] if len(p) >= 3]
+        road = [p for p in parts[:n_road] if len(p) >= 3]
+        lines = [p for p in parts[n_road:] if len(p) >= 3]
         return road, lines
 
     def _polys(self, polys: np.ndarray, flag: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -339,6 +390,7 @@ class DashcamRenderer:
         z = f * self.ct + self.h * self.st
         near = self.spec.near_m
         zin = z >= near
+        zin &= ~(~flag & (f.min(1) > self.MARKING_RANGE_M))[:, None]  # far dashes: not drawn
         full = zin.all(1)
         yes: list[np.ndarray] = []
         no: list[np.ndarray] = []

@@ -179,7 +179,41 @@ def test_markings_follow_highway_env_line_types(centre, n_cont, dashed):
     for lane in tr.route:
         assert lane.line_types[1] == 2  # ego lane: continuous right edge
     r = _bare(tr, CameraSpec(height=20, width=40))
-    # continuous lines of a closed loop are rings of two contours each
-    assert len(r._c_idx) - r._n_road == 2 * n_cont
+    assert len(r._line_pairs) == n_cont
     assert (len(r._small) > 0) == dashed
 
+
+
+def test_open_road_window_matches_full_road():
+    """Drawing only the road within 400 m of the camera changes nothing but horizon slivers."""
+    from envs.tracks import make_random_road
+
+    tr = make_random_road(4)
+    spec = CameraSpec(height=78, width=200)
+    win = _bare(tr, spec)
+    full = _bare(tr, spec)
+    full.ROAD_RANGE_M = 1e6
+    for s in (30.0, 300.0):
+        pos, h = tr.pose_at(s)
+        a, da = win.render(pos, h)
+        b, db = full.render(pos, h)
+        differ = np.any(a != b, axis=-1)
+        rows = np.flatnonzero(differ.any(1))
+        # only road beyond 400 m differs: a sub-pixel sliver on the horizon row
+        assert np.all(np.abs(rows + 0.5 - win.horizon_v) <= 1.0), rows
+        assert np.array_equal(da, db)
+
+
+def test_marking_range_only_drops_far_lines_on_a_loop():
+    """Lines within 150 m as strips (runs across the loop's seam too) = the full rings nearby."""
+    tr = make_racetrack()
+    spec = CameraSpec(height=78, width=200)
+    part = _bare(tr, spec)
+    full = _bare(tr, spec)
+    full.MARKING_RANGE_M = 1e6  # whole rings, no runs
+    for s in (2.0, 100.0, 200.0, tr.length - 3.0):  # near the seam at s = 0 too
+        pos, h = tr.pose_at(s)
+        a, _ = part.render(pos, h)
+        b, _ = full.render(pos, h)
+        rows = np.flatnonzero(np.any(a != b, axis=-1).any(1))
+        assert np.all(part.row_depth[rows] > 60.0), (s, rows)
