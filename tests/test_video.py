@@ -131,6 +131,10 @@ def test_cli_still_and_ssim(tmp_path):
                  "--out", str(png)]) == 0
     img = iio.imread(str(png))
     assert img.shape[:2] == (720, 1280)
+    ig = tmp_path / "ig.png"
+    assert main(["explain", "--policy", "ncp-cfc", "--env", FAKE_ID, "--frame", "1", "--neurons",
+                 "all", "--saliency", "integrated", "--ig-steps", "2", "--out", str(ig)]) == 0
+    assert not np.array_equal(iio.imread(str(ig)), img)
     js = tmp_path / "ssim.json"
     assert main(["explain", "--ssim", "--policy", "ncp-cfc", "--env", FAKE_ID, "--steps", "4",
                  "--corruption", "noise:5", "--out", str(js)]) == 0
@@ -146,6 +150,8 @@ def test_cli_still_and_ssim(tmp_path):
     (["--corruption", "fog:x"], "not an integer"),
     (["--corruption", "smoke:2"], "unknown corruption"),
     (["--corruption", "fog:9"], "out of range"),
+    (["--corruption", "jitter:2"], "timing fault"),
+    (["--neurons", "1,x"], "comma-separated integers"),
 ])
 def test_bad_input_exits_2_before_work(tmp_path, capsys, extra, msg):
     out = tmp_path / "x.mp4"
