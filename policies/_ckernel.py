@@ -33,9 +33,6 @@ _SRC = r"""
 /* The LTC kernels process LN batch samples at once ("lanes", innermost index), so every
    inner loop is a contiguous, vectorisable loop over lanes. Saved tensors use the blocked
    layout [block][...][lane]; the last block is padded with copies of its last sample. */
-#ifndef LN
-#define LN 16
-#endif
 
 static inline void fwd_edge_SUF(const REAL* restrict vp, REAL* restrict se, REAL* restrict nq,
                                 REAL* restrict dq, REAL sg, REAL bz, REAL we, REAL wp) {
@@ -421,6 +418,29 @@ void cfc_bwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L
     free(buf);
     free(acc);
 }
+
+/* Packed entry points for the per-frame inference step: two arrays instead of ~35
+   arguments, so a Python call costs a few hundred nanoseconds of argument conversion. */
+void ltc_fwd_packed_SUF(const int64_t* I, void* const* P, double dt_s) {
+    ltc_fwd_SUF(I[0], I[1], I[2], I[3], I[4], I[5], I[6], (const REAL*)P[0], (const REAL*)P[1],
+                dt_s, (const REAL*)P[2], (const REAL*)P[3], (const REAL*)P[4],
+                (const int64_t*)P[5], (const int64_t*)P[6], (const REAL*)P[7], (const REAL*)P[8],
+                (const REAL*)P[9], (const REAL*)P[10], (const REAL*)P[11], (const REAL*)P[12],
+                (const REAL*)P[13], (const int64_t*)P[14], (const int64_t*)P[15],
+                (const REAL*)P[16], (const REAL*)P[17], (const REAL*)P[18], (const REAL*)P[19],
+                (REAL*)P[20], (int)I[7], NULL, NULL, NULL, NULL, I[8], (const REAL*)P[21],
+                (const REAL*)P[22], (REAL*)P[23]);
+}
+
+void cfc_fwd_packed_SUF(const int64_t* I, void* const* P, double dt_s) {
+    cfc_fwd_SUF(I[0], I[1], I[2], I[3], (int)I[4], I[5], (const int64_t*)P[0],
+                (const int64_t*)P[1], (const REAL*)P[2], (const REAL*)P[3], (const REAL*)P[4],
+                dt_s, I[6], (const int64_t*)P[5], (const int64_t*)P[6], (const REAL*)P[7],
+                (const int64_t*)P[8], (const int64_t*)P[9], (const int64_t*)P[10],
+                (const int64_t*)P[11], (const REAL*)P[12], (const REAL*)P[13],
+                (const REAL*)P[14], (const int64_t*)P[15], (const int64_t*)P[16],
+                (REAL*)P[17], 0, NULL);
+}
 """
 
 _lock = threading.Lock()
@@ -455,13 +475,23 @@ static inline double dsigm(double z) { return 1.0 / (1.0 + exp(-z)); }
 """
 
 
+LANES = 16  # batch samples per vector block in the kernels (the C macro LN)
+
+
+def lanes_for(batch: int) -> int:
+    """Block width for a batch: vector blocks of LANES, or the scalar kernels for tiny batches."""
+    return LANES if batch >= 8 else 1
+
+
 def _source() -> str:
     parts = [_PRELUDE]
     for real, suf, sigm, tanh_, exp_ in (("float", "f32", "fsigm", "ftanh", "fexp"),
                                         ("double", "f64", "dsigm", "tanh", "exp")):
-        parts.append(f"#define REAL {real}\n#define SIGM {sigm}\n#define TANH {tanh_}\n"
-                     f"#define EXP {exp_}\n" + _SRC.replace("SUF", suf)
-                     + "\n#undef REAL\n#undef SIGM\n#undef TANH\n#undef EXP\n")
+        for lanes in (LANES, 1):  # vector blocks for batches, a scalar variant for B ~ 1
+            name = suf if lanes == LANES else f"{suf}_l1"
+            parts.append(f"#define REAL {real}\n#define SIGM {sigm}\n#define TANH {tanh_}\n"
+                         f"#define EXP {exp_}\n#define LN {lanes}\n" + _SRC.replace("SUF", name)
+                         + "\n#undef REAL\n#undef SIGM\n#undef TANH\n#undef EXP\n#undef LN\n")
     return "".join(parts)
 
 
@@ -508,9 +538,6 @@ def _build() -> ctypes.CDLL | None:
     return ctypes.CDLL(str(out))
 
 
-LANES = 16  # batch samples per vector block in the LTC kernels (the C macro LN)
-
-
 def lib() -> ctypes.CDLL | None:
     """The compiled kernels, or None (pure-PyTorch fallback)."""
     global _lib, _tried
@@ -538,13 +565,13 @@ def ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def func(name: str, dtype: torch.dtype):  # noqa: ANN201 - ctypes function
-    """ctypes function ``name_<suffix>`` with all-pointer/int64 argument handling."""
+def func(name: str, dtype: torch.dtype, lanes: int = LANES):  # noqa: ANN201 - ctypes function
+    """ctypes function ``name_<suffix>`` (block width `lanes`: LANES or 1), or None."""
     L = lib()
     suf = suffix(dtype)
     if L is None or suf is None:
         return None
-    key = f"{name}_{suf}"
+    key = f"{name}_{suf}" + ("" if lanes == LANES else "_l1")
     cache = _funcs
     if key not in cache:
         f = getattr(L, key)
@@ -561,4 +588,11 @@ _ARGTYPES = {
     "ltc_bwd": [_I] * 7 + [_P, _P, _D] + [_P] * 22,
     "cfc_fwd": [_I] * 4 + [_C, _I] + [_P] * 5 + [_D, _I] + [_P] * 13 + [_C, _P],
     "cfc_bwd": [_I] * 4 + [_C, _I] + [_P] * 6 + [_I] + [_P] * 18,
+    "ltc_fwd_packed": [_P, _P, _D],
+    "cfc_fwd_packed": [_P, _P, _D],
 }
+
+
+def packed(n_int: int, n_ptr: int) -> tuple[ctypes.Array, ctypes.Array]:
+    """Argument arrays for the ``*_packed`` entry points (filled once, patched per call)."""
+    return (ctypes.c_int64 * n_int)(), (ctypes.c_void_p * n_ptr)()

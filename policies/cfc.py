@@ -352,8 +352,9 @@ class CfC(nn.Module):
     def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step: one addmm for the input heads, then one C call."""
         key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
+        B, N = x.shape[0], self.state_size
         cache = self._step_cache
-        if cache is None or cache[0] != key:
+        if cache is None or cache[0] != key or cache[4] != B:
             with torch.no_grad():
                 wx, wn, wo = self._effective()
                 A, wt = self._pure_params(x.dtype)
@@ -361,26 +362,26 @@ class CfC(nn.Module):
                         wo[self.o_row, self.o_col].contiguous(),
                         wn[self.n_row, self.n_col].contiguous(), A.detach(), wt.detach()]
             pure = self.mode == "pure"
-            ptrs = (self.o_row.data_ptr(), self.o_col.data_ptr(), keep[2].data_ptr(),
-                    self.n_lo.data_ptr(), self.n_hi.data_ptr(), self.n_row.data_ptr(),
-                    self.n_col.data_ptr(), keep[3].data_ptr(),
-                    keep[4].data_ptr() if pure else None, keep[5].data_ptr() if pure else None,
-                    None if self._identity_layout else self.state_in_index.data_ptr(),
-                    None if self._identity_layout else self.state_out_index.data_ptr())
-            y_lo = 0 if not self.ncps_compat else self.state_size - self.layer_sizes[-1]
-            if not self.wired:
-                y_lo = 0
-            cache = (key, keep, ptrs, y_lo)
+            ia, pa = _ck.packed(8, 19)
+            ia[:] = [1, B, N, self.heads, _MODE_ID[self.mode], len(self.layer_sizes),
+                    int(self.o_row.shape[0]), 0]
+            pa[0:2] = [self.l_off.data_ptr(), self.l_size.data_ptr()]
+            pa[5:13] = [self.o_row.data_ptr(), self.o_col.data_ptr(), keep[2].data_ptr(),
+                       self.n_lo.data_ptr(), self.n_hi.data_ptr(), self.n_row.data_ptr(),
+                       self.n_col.data_ptr(), keep[3].data_ptr()]
+            pa[13:17] = [keep[4].data_ptr() if pure else None, keep[5].data_ptr() if pure else None,
+                        None if self._identity_layout else self.state_in_index.data_ptr(),
+                        None if self._identity_layout else self.state_out_index.data_ptr()]
+            y_lo = self.state_size - self.layer_sizes[-1] if (self.ncps_compat and self.wired) else 0
+            fn = _ck.func("cfc_fwd_packed", x.dtype, _ck.lanes_for(B))
+            cache = (key, keep, (ia, pa, fn), y_lo, B)
             self._step_cache = cache
-        _, keep, ptrs, y_lo = cache
-        B, N = x.shape[0], self.state_size
+        keep, (ia, pa, fn), y_lo = cache[1], cache[2], cache[3]
         h = torch.zeros(B, N, dtype=x.dtype) if h is None else h.contiguous()
         px = torch.addmm(keep[1], x, keep[0])
         hout = torch.empty(B, N, dtype=x.dtype)
-        _ck.func("cfc_fwd", x.dtype)(
-            1, B, N, self.heads, _MODE_ID[self.mode], len(self.layer_sizes),
-            self.l_off.data_ptr(), self.l_size.data_ptr(), px.data_ptr(), h.data_ptr(), None, dt,
-            int(self.o_row.shape[0]), *ptrs, hout.data_ptr(), 0, None)
+        pa[2], pa[3], pa[17] = px.data_ptr(), h.data_ptr(), hout.data_ptr()
+        fn(ia, pa, dt)
         return hout[:, y_lo:y_lo + self.output_size], hout
 
     def extra_repr(self) -> str:
@@ -410,10 +411,11 @@ class _CfCSeqC(torch.autograd.Function):
         N = int(h0.shape[1])
         save = any(ctx.needs_input_grad)
         Hs = torch.empty(B, T, N, dtype=PX.dtype)
-        Z = torch.empty(-(-B // _ck.LANES), T, HN, _ck.LANES, dtype=PX.dtype) if save else None
+        L = _ck.lanes_for(B)
+        Z = torch.empty(-(-B // L), T, HN, L, dtype=PX.dtype) if save else None
         o_val, n_val = o_val.contiguous(), n_val.contiguous()
         pure = mod.mode == "pure"
-        _ck.func("cfc_fwd", PX.dtype)(
+        _ck.func("cfc_fwd", PX.dtype, L)(
             T, B, N, mod.heads, _MODE_ID[mod.mode], len(mod.layer_sizes), mod.l_off.data_ptr(),
             mod.l_size.data_ptr(), PX.data_ptr(), h0.data_ptr(), dt.data_ptr(), 1.0,
             int(mod.o_row.shape[0]), mod.o_row.data_ptr(), mod.o_col.data_ptr(), o_val.data_ptr(),
@@ -423,6 +425,7 @@ class _CfCSeqC(torch.autograd.Function):
         if save:
             ctx.save_for_backward(h0, dt, Hs, Z, o_val, n_val, A, wt)
             ctx.mod = mod
+            ctx.lanes = L
         return Hs
 
     @staticmethod
@@ -441,7 +444,7 @@ class _CfCSeqC(torch.autograd.Function):
         gA = torch.zeros(N, dtype=Z.dtype)
         gwt = torch.zeros(N, dtype=Z.dtype)
         pure = mod.mode == "pure"
-        _ck.func("cfc_bwd", Z.dtype)(
+        _ck.func("cfc_bwd", Z.dtype, ctx.lanes)(
             T, B, N, mod.heads, _MODE_ID[mod.mode], len(mod.layer_sizes), mod.l_off.data_ptr(),
             mod.l_size.data_ptr(), h0.data_ptr(), dt.data_ptr(), Hs.data_ptr(), Z.data_ptr(),
             int(mod.o_row.shape[0]), mod.o_row.data_ptr(), mod.o_col.data_ptr(), o_val.data_ptr(),

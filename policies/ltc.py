@@ -144,15 +144,16 @@ class _LTCSeqC(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         dtype = x.dtype
         out = torch.empty(B, T, N, dtype=dtype)
+        L = _ck.lanes_for(B)
         if save:  # blocked layout [block][...][lane], see policies/_ckernel.py
-            nb, L = -(-B // _ck.LANES), _ck.LANES
+            nb = -(-B // L)
             SS = torch.empty(nb, T, Es, L, dtype=dtype)
             Vs = torch.empty(nb, T * K + 1, N, L, dtype=dtype)
             S = torch.empty(nb, T * K, E, L, dtype=dtype)
             DEN = torch.empty(nb, T * K, N, L, dtype=dtype)
         else:
             SS = Vs = S = DEN = None
-        _ck.func("ltc_fwd", dtype)(
+        _ck.func("ltc_fwd", dtype, L)(
             B, T, F_, N, Es, E, K, x.data_ptr(), _ck.ptr(dt), 1.0, v0.data_ptr(),
             iw.data_ptr(), ib.data_ptr(), ssrc.data_ptr(), sdst.data_ptr(), ssig.data_ptr(),
             sbz.data_ptr(), swE.data_ptr(), swp.data_ptr(), a0.data_ptr(), d0.data_ptr(),
@@ -163,6 +164,7 @@ class _LTCSeqC(torch.autograd.Function):
             ctx.save_for_backward(x, dt, iw, ib, ssig, swE, swp, cmK, sig, wE, wp,
                                   ssrc, sdst, src, dst, SS, Vs, S, DEN)
             ctx.K = K
+            ctx.lanes = L
             ctx.has_dt = dt is not None
         return out
 
@@ -179,7 +181,7 @@ class _LTCSeqC(torch.autograd.Function):
         gdt = torch.empty(B, T, dtype=x.dtype)
         gv0 = torch.empty(B, N, dtype=x.dtype)
         gP = torch.zeros(2 * F_ + 4 * Es + 3 * N + 4 * E, dtype=x.dtype)
-        _ck.func("ltc_bwd", x.dtype)(
+        _ck.func("ltc_bwd", x.dtype, ctx.lanes)(
             B, T, F_, N, Es, E, K, x.data_ptr(), _ck.ptr(dt) if ctx.has_dt else None, 1.0,
             iw.data_ptr(), ib.data_ptr(), ssrc.data_ptr(), sdst.data_ptr(), ssig.data_ptr(),
             swE.data_ptr(), swp.data_ptr(), cmK.data_ptr(), src.data_ptr(), dst.data_ptr(),
@@ -430,30 +432,35 @@ class LTC(nn.Module):
     def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step in one C call; derived parameters cached until a parameter changes."""
         key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
+        B = x.shape[0]
         cache = self._step_cache
-        if cache is None or cache[0] != key:
+        if cache is None or cache[0] != key or cache[3] != B:
             with torch.no_grad():
                 d = [t.detach() for t in self._derived()]
                 M, dtp = self.output_size, self.gleak.dtype
                 ow = self.output_w if self.output_w is not None else torch.ones(M, dtype=dtp)
                 ob = self.output_b if self.output_b is not None else torch.zeros(M, dtype=dtp)
+                ow, ob = ow.detach().contiguous(), ob.detach().contiguous()
+            ia, pa = _ck.packed(9, 24)
+            ia[:] = [B, 1, self.input_size, self.state_size, int(self.sensory_src.shape[0]),
+                    int(self.src.shape[0]), self.ode_unfolds, 0, self.output_size]
             dp = [t.data_ptr() for t in d]  # iw ib | ssig sbz swE swp a0 d0 cmK | sig bz wE wp
-            ptrs = (dp[:2] + [self.sensory_src.data_ptr(), self.sensory_dst.data_ptr()] + dp[2:9]
-                    + [self.src.data_ptr(), self.dst.data_ptr()] + dp[9:])
-            ow, ob = ow.detach().contiguous(), ob.detach().contiguous()
-            cache = (key, (d, ow, ob), ptrs, ow.data_ptr(), ob.data_ptr())
+            pa[3:5] = dp[:2]
+            pa[5:7] = [self.sensory_src.data_ptr(), self.sensory_dst.data_ptr()]
+            pa[7:14] = dp[2:9]
+            pa[14:16] = [self.src.data_ptr(), self.dst.data_ptr()]
+            pa[16:20] = dp[9:]
+            pa[21:23] = [ow.data_ptr(), ob.data_ptr()]
+            fn = _ck.func("ltc_fwd_packed", x.dtype, _ck.lanes_for(B))
+            cache = (key, (d, ow, ob), (ia, pa, fn), B)
             self._step_cache = cache
-        _, _, ptrs, owp, obp = cache
-        B = x.shape[0]
+        ia, pa, fn = cache[2]
         x = x.contiguous()
         h = torch.zeros(B, self.state_size, dtype=x.dtype) if h is None else h.contiguous()
         hout = torch.empty(B, self.state_size, dtype=x.dtype)
         y = torch.empty(B, self.output_size, dtype=x.dtype)
-        _ck.func("ltc_fwd", x.dtype)(
-            B, 1, self.input_size, self.state_size, int(self.sensory_src.shape[0]),
-            int(self.src.shape[0]), self.ode_unfolds, x.data_ptr(), None, dt, h.data_ptr(),
-            *ptrs, hout.data_ptr(), 0, None, None, None, None, self.output_size, owp, obp,
-            y.data_ptr())
+        pa[0], pa[2], pa[20], pa[23] = x.data_ptr(), h.data_ptr(), hout.data_ptr(), y.data_ptr()
+        fn(ia, pa, dt)
         return y, hout
 
     def extra_repr(self) -> str:
