@@ -135,8 +135,9 @@ def record_episode(
     clipped to [-1, 1]; when the env reports what it applied, e.g. its own DART noise in
     `info["executed_steering"]`, that value), speed, time and the privileged state of
     `info`. The episode ends after `max_steps` frames or when the env terminates/truncates
-    (the frame after the last step is not stored: it has no executed action). `dt_jitter` > 0 draws each frame interval from
-    nominal·U(1−j, 1+j) via `env.unwrapped.advance` (irregular time for liquid cores).
+    (the frame after the last step is not stored: it has no executed action).
+    `dt_jitter` > 0 draws each frame interval from nominal·U(1−j, 1+j) via
+    `env.unwrapped.advance` (irregular time for liquid cores).
     `wait=False` flushes and commits on the writer's committer thread (call `writer.wait()`).
     """
     if max_steps < 1:
