@@ -323,16 +323,18 @@ class CfC(nn.Module):
     def step(self, x: torch.Tensor, h: torch.Tensor | None = None,
              dt: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame for closed-loop control: x (B,F), h (B,units), dt → (y (B,output), h)."""
-        scalar = dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool))
-        if (scalar and not torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.dim() == 2
+        if (not torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.dim() == 2
                 and x.shape[1] == self.input_size and self._use_c(x)
                 and (h is None or (isinstance(h, torch.Tensor) and h.dim() == 2
                                    and h.shape[0] == x.shape[0] and h.shape[1] == self.state_size
                                    and h.dtype == x.dtype))):
-            d = 1.0 if dt is None else float(dt)  # type: ignore[arg-type]
-            if not (d > 0 and math.isfinite(d)):
-                raise ValueError(f"CfC.step: dt must be finite and > 0, got {dt}")
-            return self._step_c(x, h, d)
+            if dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool)):
+                d = 1.0 if dt is None else float(dt)
+                if not (d > 0 and math.isfinite(d)):
+                    raise ValueError(f"CfC.step: dt must be finite and > 0, got {dt}")
+                return self._step_c(x, h, d, None)
+            dtb = check_step(x, h, dt, self.input_size, self.state_size, "CfC")
+            return self._step_c(x, h, 1.0, dtb.contiguous())
         dtb = check_step(x, h, dt, self.input_size, self.state_size, "CfC")
         if h is None:
             h = torch.zeros(x.shape[0], self.state_size, dtype=x.dtype, device=x.device)
@@ -349,7 +351,8 @@ class CfC(nn.Module):
         y = hn[:, self.out_index]
         return y, (hn if self._identity_layout else hn[:, self.state_out_index])
 
-    def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float,
+                dts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step: one addmm for the input heads, then one C call."""
         key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
         B, N = x.shape[0], self.state_size
@@ -381,6 +384,7 @@ class CfC(nn.Module):
         px = torch.addmm(keep[1], x, keep[0])
         hout = torch.empty(B, N, dtype=x.dtype)
         pa[2], pa[3], pa[17] = px.data_ptr(), h.data_ptr(), hout.data_ptr()
+        pa[4] = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
         fn(ia, pa, dt)
         return hout[:, y_lo:y_lo + self.output_size], hout
 

@@ -403,18 +403,20 @@ class LTC(nn.Module):
         Without autograd (``torch.no_grad()``/``inference_mode``) and with the C kernel
         available this is a single C call (a few µs at B=1); otherwise `step_exportable`.
         """
-        scalar = dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool))
-        if (scalar and self.fused and not torch.is_grad_enabled() and isinstance(x, torch.Tensor)
+        if (not torch.is_grad_enabled() and self.fused and isinstance(x, torch.Tensor)
                 and x.dim() == 2 and x.shape[1] == self.input_size and x.device.type == "cpu"
                 and x.dtype == self.gleak.dtype and not _tracing()
                 and (h is None or (isinstance(h, torch.Tensor) and h.dim() == 2
                                    and h.shape[0] == x.shape[0] and h.shape[1] == self.state_size
                                    and h.dtype == x.dtype))
                 and _ck.func("ltc_fwd", x.dtype) is not None):
-            d = 1.0 if dt is None else float(dt)  # type: ignore[arg-type]
-            if not (d > 0 and math.isfinite(d)):
-                raise ValueError(f"LTC.step: dt must be finite and > 0, got {dt}")
-            return self._step_c(x, h, d)
+            if dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool)):
+                d = 1.0 if dt is None else float(dt)
+                if not (d > 0 and math.isfinite(d)):
+                    raise ValueError(f"LTC.step: dt must be finite and > 0, got {dt}")
+                return self._step_c(x, h, d, None)
+            dtb = check_step(x, h, dt, self.input_size, self.state_size, "LTC")
+            return self._step_c(x, h, 1.0, dtb.contiguous())
         dtb = check_step(x, h, dt, self.input_size, self.state_size, "LTC")
         if h is None:
             h = torch.zeros(x.shape[0], self.state_size, dtype=x.dtype, device=x.device)
@@ -429,7 +431,8 @@ class LTC(nn.Module):
         v = self._unfold_ref(h, A, D, c)
         return self._map_outputs(v), v
 
-    def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float,
+                dts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step in one C call; derived parameters cached until a parameter changes."""
         key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
         B = x.shape[0]
@@ -460,6 +463,7 @@ class LTC(nn.Module):
         hout = torch.empty(B, self.state_size, dtype=x.dtype)
         y = torch.empty(B, self.output_size, dtype=x.dtype)
         pa[0], pa[2], pa[20], pa[23] = x.data_ptr(), h.data_ptr(), hout.data_ptr(), y.data_ptr()
+        pa[1] = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
         fn(ia, pa, dt)
         return y, hout
 
