@@ -129,9 +129,17 @@ def _atomic_json(path: str, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: stable on shared cores (DESIGN.md §6)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # leave an in-process caller (tests, demo) as it was
+
+
+def _run(args: argparse.Namespace) -> int:
     from driving.explain.drive import make_env, parse_corruption, run_env_id
 
-    torch.set_num_threads(1)  # one thread: stable on shared cores (DESIGN.md §6)
     # --- everything that can be checked before work
     if args.ssim:
         _check_out(args.out, (".json",), "--ssim")
