@@ -122,9 +122,9 @@ class CfC(nn.Module):
         if self.backbone_layers > 0:
             layers: list[nn.Module] = []
             width = F_ + N
-            for i in range(self.backbone_layers):
+            for _ in range(self.backbone_layers):
                 layers += [nn.Linear(width, backbone_units), _ACTS[backbone_activation]()]
-                if i > 0 and backbone_dropout > 0:
+                if backbone_dropout > 0:  # every layer (ncps 1.0.1 skips the first: a defect)
                     layers.append(nn.Dropout(backbone_dropout))
                 width = int(backbone_units)
             self.backbone = nn.Sequential(*layers)

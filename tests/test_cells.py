@@ -371,3 +371,14 @@ def test_bad_input_raises(cls) -> None:
             m.step(torch.randn(2, 4))
         with pytest.raises(ValueError, match="dt must have shape"):
             m.step(x[:, 0], None, torch.ones(3))
+
+
+def test_backbone_dropout_applies_with_one_layer() -> None:
+    """ncps 1.0.1 ignores backbone_dropout with a single backbone layer; we do not."""
+    torch.manual_seed(0)
+    m = CfC(8, input_size=5, backbone_layers=1, backbone_dropout=0.5)
+    x = torch.randn(2, 3, 5)
+    m.train()
+    assert not torch.allclose(m(x)[0], m(x)[0])
+    m.eval()
+    assert torch.allclose(m(x)[0], m(x)[0])
