@@ -19,7 +19,7 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
         raise UserError(f"{what} must be comma-separated integers, e.g. 1,2,3,4,5; got {text!r}") from None
     if not vals:
         raise UserError(f"{what} is empty; e.g. 1,2,3,4,5")
-    return vals
+    return tuple(dict.fromkeys(vals))  # drop repeats, keep order
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
