@@ -432,14 +432,28 @@ void ltc_fwd_packed_SUF(const int64_t* I, void* const* P, double dt_s) {
                 (const REAL*)P[22], (REAL*)P[23]);
 }
 
+/* I[8] = F; P[18..20] = x (B,F), Wx (F,HN), bias (HN): the input heads are computed here. */
 void cfc_fwd_packed_SUF(const int64_t* I, void* const* P, double dt_s) {
+    int64_t B = I[1], HN = I[3] * I[2], F = I[8];
+    const REAL *x = (const REAL*)P[18], *Wx = (const REAL*)P[19], *bias = (const REAL*)P[20];
+    REAL* px = (REAL*)malloc(sizeof(REAL) * B * HN);
+    for (int64_t b = 0; b < B; b++) {
+        REAL* row = px + b * HN;
+        for (int64_t j = 0; j < HN; j++) row[j] = bias[j];
+        for (int64_t f = 0; f < F; f++) {
+            REAL xv = x[b * F + f];
+            const REAL* w = Wx + f * HN;
+            for (int64_t j = 0; j < HN; j++) row[j] += xv * w[j];
+        }
+    }
     cfc_fwd_SUF(I[0], I[1], I[2], I[3], (int)I[4], I[5], (const int64_t*)P[0],
-                (const int64_t*)P[1], (const REAL*)P[2], (const REAL*)P[3], (const REAL*)P[4],
+                (const int64_t*)P[1], px, (const REAL*)P[3], (const REAL*)P[4],
                 dt_s, I[6], (const int64_t*)P[5], (const int64_t*)P[6], (const REAL*)P[7],
                 (const int64_t*)P[8], (const int64_t*)P[9], (const int64_t*)P[10],
                 (const int64_t*)P[11], (const REAL*)P[12], (const REAL*)P[13],
                 (const REAL*)P[14], (const int64_t*)P[15], (const int64_t*)P[16],
                 (REAL*)P[17], 0, NULL);
+    free(px);
 }
 """
 

@@ -353,7 +353,7 @@ class CfC(nn.Module):
 
     def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float,
                 dts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference step: one addmm for the input heads, then one C call."""
+        """Inference step in one C call (input heads included); caches as `LTC._step_c`."""
         key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
         B, N = x.shape[0], self.state_size
         cache = self._step_cache
@@ -365,9 +365,10 @@ class CfC(nn.Module):
                         wo[self.o_row, self.o_col].contiguous(),
                         wn[self.n_row, self.n_col].contiguous(), A.detach(), wt.detach()]
             pure = self.mode == "pure"
-            ia, pa = _ck.packed(8, 19)
+            ia, pa = _ck.packed(9, 21)
             ia[:] = [1, B, N, self.heads, _MODE_ID[self.mode], len(self.layer_sizes),
-                    int(self.o_row.shape[0]), 0]
+                     int(self.o_row.shape[0]), 0, self.input_size]
+            pa[19:21] = [keep[0].data_ptr(), keep[1].data_ptr()]
             pa[0:2] = [self.l_off.data_ptr(), self.l_size.data_ptr()]
             pa[5:13] = [self.o_row.data_ptr(), self.o_col.data_ptr(), keep[2].data_ptr(),
                        self.n_lo.data_ptr(), self.n_hi.data_ptr(), self.n_row.data_ptr(),
@@ -381,9 +382,9 @@ class CfC(nn.Module):
             self._step_cache = cache
         keep, (ia, pa, fn), y_lo = cache[1], cache[2], cache[3]
         h = torch.zeros(B, N, dtype=x.dtype) if h is None else h.contiguous()
-        px = torch.addmm(keep[1], x, keep[0])
+        x = x.contiguous()
         hout = torch.empty(B, N, dtype=x.dtype)
-        pa[2], pa[3], pa[17] = px.data_ptr(), h.data_ptr(), hout.data_ptr()
+        pa[18], pa[3], pa[17] = x.data_ptr(), h.data_ptr(), hout.data_ptr()
         pa[4] = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
         fn(ia, pa, dt)
         return hout[:, y_lo:y_lo + self.output_size], hout
