@@ -510,14 +510,17 @@ def _source() -> str:
 
 
 def _cpu_id() -> str:
+    """CPU model and feature flags: a -march=native build must never run on another CPU."""
+    found: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith(("model name", "flags")):
-                    return platform.machine() + line
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU part") and key not in found:
+                    found[key] = line
     except OSError:
         pass
-    return platform.machine() + platform.processor()
+    return platform.machine() + platform.processor() + "".join(sorted(found.values()))
 
 
 def _cache_dir() -> Path:
