@@ -433,7 +433,11 @@ class LTC(nn.Module):
 
     def _step_c(self, x: torch.Tensor, h: torch.Tensor | None, dt: float,
                 dts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference step in one C call; derived parameters cached until a parameter changes."""
+        """Inference step in one C call; derived parameters cached until a parameter changes.
+
+        The cached argument arrays are patched per call: do not step one module from several
+        threads at once (use one module per thread).
+        """
         key = [(p.data_ptr(), p._version) for p in self._parameters.values() if p is not None]
         B = x.shape[0]
         cache = self._step_cache
