@@ -711,6 +711,9 @@ def rollout(
     last_progress = info.get("lap_progress")
     was_on_road = bool(info.get("on_road", True))
     rec: dict[str, list] | None = {} if record else None
+    from driving.dataset import OPTIONAL_STEPS
+
+    optional = [k for k in OPTIONAL_STEPS if k in info]  # as `driving collect` stores them
     policy.eval()
     for _ in tqdm(range(steps), desc="rollout", unit="step", disable=not progress, leave=False, file=sys.stderr):
         steer, h = policy.step(obs["image"], h, dt=dt)
@@ -719,7 +722,7 @@ def rollout(
         if expert_prob > 0 and rng.random() < expert_prob:
             action = expert
         if rec is not None:
-            _record_step(rec, obs, info, expert, action, dt, save_depth)
+            _record_step(rec, obs, info, expert, action, dt, save_depth, optional)
         obs, _, terminated, truncated, info = env.step(np.array([action], dtype=np.float32))
         stats.steps += 1
         dt = float(info.get("dt_s") or 0.0) or dt
@@ -752,10 +755,8 @@ def rollout(
 
 
 def _record_step(rec: dict[str, list], obs: dict, info: dict, expert: float, action: float,
-                 dt: float | None, save_depth: bool) -> None:
+                 dt: float | None, save_depth: bool, optional: list[str]) -> None:
     """One row of DAgger data: the frame seen, the expert's label and the executed action."""
-    from driving.dataset import OPTIONAL_STEPS
-
     rec.setdefault("image", []).append(np.asarray(obs["image"], dtype=np.uint8))
     if save_depth:
         rec.setdefault("depth", []).append(np.asarray(info["depth"], dtype=np.float32))
@@ -766,9 +767,8 @@ def _record_step(rec: dict[str, list], obs: dict, info: dict, expert: float, act
         "time_s": float(info.get("time_s", 0.0)),
         "dt_s": float(dt or info.get("dt_s") or 0.1),
     }
-    for key in OPTIONAL_STEPS:
-        if key in info:
-            row[key] = info[key]
+    for key in optional:
+        row[key] = info.get(key, 0)
     for key, val in row.items():
         rec.setdefault(key, []).append(val)
 

@@ -290,3 +290,33 @@ def test_config_rejects_bad_numbers():
         TrainConfig(data="x", out="y", epochs=0)
     with pytest.raises(ValueError, match="--val-fraction"):
         TrainConfig(data="x", out="y", val_fraction=1.0)
+
+
+# ---------------------------------------------------------------------------- DAgger
+def test_dagger_round_appends_expert_labelled_policy_drives(tmp_path):
+    from driving.collect import collect
+    from driving.dataset import Dataset
+
+    data = tmp_path / "race"
+    small_cam = {"camera": {"height": 16, "width": 24}, "traffic": 0}
+    collect("liquid_drive/Racetrack-v0", 3, 24, data, dart_noise=0.1, env_kwargs=small_cam,
+            progress=False)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--policy", "ncp-cfc", "--epochs", "1",
+            "--seq-len", "8", "--batch", "4", "--dagger-rounds", "1", "--dagger-episodes", "2",
+            "--dagger-steps", "12", "--dagger-beta", "0.5"]
+    assert main(args) == 0
+    store = Dataset(data)
+    dagger = [e for e in store.episodes if e.meta.get("source") == "dagger"]
+    assert len(store.episodes) == 5 and len(dagger) == 2
+    assert {e.meta["round"] for e in dagger} == {1} and {e.meta["beta"] for e in dagger} == {0.5}
+    assert all(e.length == 12 for e in dagger)
+    for e in dagger:  # labels are the expert's; the executed action is the policy's or the expert's
+        i = store.episodes.index(e)
+        assert np.all(np.abs(store.steps(i, "steering")) <= 1.0)
+        assert np.all(store.steps(i, "dt_s") > 0)
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]  # a BC epoch, then a DAgger epoch
+    # resuming the finished run changes nothing and records no more rollouts
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert len(Dataset(data).episodes) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 
 from driving.errors import UserError
@@ -71,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--data DIR is required (a dataset recorded by `driving collect`)")
     cfg = TrainConfig(**given, resume=bool(args.resume))
     result = train(cfg, explicit=set(given))
-    print(f"trained {result.epochs_run} epochs; best val loss {result.best_val_loss:.5f}; run in {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"trained {result.epochs_run} epochs; best val loss {result.best_val_loss:.5f}; "
+              f"run in {result.run_dir}")
     return 0
