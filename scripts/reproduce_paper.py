@@ -390,7 +390,7 @@ def _read_json(f: Path) -> dict:
 def read_timings(p: Plan) -> dict[str, float]:
     """Stage seconds in plan order (recording first), from OUT/timings/*.json."""
     d = Path(p.out) / "timings"
-    out = dict(_read_json(d / "collect.json"))
+    out = {k: v for k, v in _read_json(d / "collect.json").items()}
     for policy, seed in run_order(p):
         out.update(_read_json(d / f"{policy}-s{seed}.json"))
     return out
@@ -464,6 +464,7 @@ def run_all(p: Plan) -> Runner:
     load_or_store_plan(p)
     r = Runner(p)
     t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     pipes = plan_pipelines(p)
     n = sum(len(x) for x in pipes) + 1
     r.say(f"plan: {len(p.policies)} policies x {len(p.seeds)} seeds, {n} stages, jobs={p.jobs}, "
@@ -485,8 +486,14 @@ def run_all(p: Plan) -> Runner:
                 r.done += done
                 r.skipped += skipped
                 r.failed += failed
+    wall = time.perf_counter() - t0
     r.say(f"stages: {r.done} run, {r.skipped} already complete, {len(r.failed)} failed "
-          f"({time.perf_counter() - t0:.0f} s)")
+          f"({wall:.0f} s)")
+    sessions = _read_json(Path(p.out) / "timings" / "sessions.json").get("sessions", [])
+    sessions.append({"started_utc": started, "wall_s": round(wall, 1), "jobs": p.jobs,
+                     "stages_run": r.done, "failed": len(r.failed)})
+    _write_text(Path(p.out) / "timings" / "sessions.json",
+                json.dumps({"sessions": sessions}, indent=1) + "\n")
     return r
 
 
@@ -630,6 +637,8 @@ def plot_curves(p: Plan, agg: dict[str, Any], out: Path) -> list[Path]:
                 ax.axhline(ref, color="k", ls=":", lw=1, label="expert (clean)")
             title = corr if corr != "noise" else "noise (severity 3/4/5 = σ² 0.1/0.2/0.3)"
             ax.set_title(title, fontsize=9)
+            ax.set_xticks(range(6))
+            ax.set_xlim(-0.2, 5.2)
             ax.set_xlabel("severity (0 = clean)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(label)
@@ -639,7 +648,44 @@ def plot_curves(p: Plan, agg: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
+    if agg["ssim"]:
+        paths.append(plot_ssim(p, agg, out))
     return paths
+
+
+def plot_ssim(p: Plan, agg: dict[str, Any], out: Path) -> Path:
+    """Bars of attention SSIM per policy and corruption, with the interval over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    pols = [x for x in p.policies if x in agg["ssim"]]
+    fig, ax = plt.subplots(figsize=(1.0 + 1.1 * len(pols), 3.4))
+    width = 0.8 / max(1, len(p.ssim))
+    for k, c in enumerate(p.ssim):
+        ms, errs = [], [[], []]
+        for pol in pols:
+            s = agg["ssim"][pol].get(c)
+            m = s["mean"] if s else np.nan
+            lo, hi = (s["ci95"] if s and s["ci95"] else (m, m))
+            ms.append(m)
+            errs[0].append(m - lo)
+            errs[1].append(hi - m)
+        ax.bar(np.arange(len(pols)) + (k - (len(p.ssim) - 1) / 2) * width, ms, width, yerr=errs,
+               capsize=2, label=c)
+    ax.set_xticks(range(len(pols)))
+    ax.set_xticklabels(pols, rotation=20, fontsize=8)
+    ax.set_ylabel("attention SSIM (clean vs corrupted)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "attention_ssim.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _fmt_stat(s: dict | None, fmt: str) -> str:
@@ -685,6 +731,7 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
     docs = Path(p.docs)
     rel = lambda q: os.path.relpath(q, docs.parent)  # noqa: E731
     total_s = sum(timings.values())
+    sessions = _read_json(Path(p.out) / "timings" / "sessions.json").get("sessions", [])
     all_runs = len(p.policies) * len(p.seeds)
     done_runs = sum(len(v) for v in agg["seeds_done"].values())
     L = ["# Results: the paper's comparison, reproduced in simulation", ""]
@@ -708,8 +755,12 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
           f"- **Attention SSIM**: VisualBackProp maps of the clean vs corrupted frame along one clean "
           f"closed-loop drive of {p.ssim_steps} frames, training seed(s) "
           f"{', '.join(map(str, p.ssim_seeds))}, corruptions {', '.join(p.ssim)}.",
-          f"- **Runs finished**: {done_runs} of {all_runs} (policy, seed) evaluations; compute used "
-          f"{total_s / 60:.0f} min of stage time on a shared 2-core CPU machine.", ""]
+          f"- **Runs finished**: {done_runs} of {all_runs} (policy, seed) evaluations.",
+          f"- **Budget used**: {total_s / 60:.0f} min summed over stages"
+          + (f" ({p.jobs} pipelines at once)" if p.jobs > 1 else "")
+          + (f", {sum(x['wall_s'] for x in sessions) / 60:.0f} min wall clock over "
+             f"{len(sessions)} invocation(s)" if sessions else "")
+          + "; CPU only, one torch thread per process.", ""]
     missing = [f"{pol} seed {s}" for pol in p.policies for s in p.seeds
                if s not in agg["seeds_done"].get(pol, [])]
     if missing:
