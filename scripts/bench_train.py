@@ -6,7 +6,7 @@ clipping, Adam), and separately the recurrent core (+ readout) alone on precompu
 features, to report the core's share of the step. Policies are timed in interleaved rounds
 within one process, so a burst of load from other processes hits all of them alike, and
 the medians are compared. Peak memory is measured per policy in a fresh child process
-(`ru_maxrss`, and its growth over the process after imports).
+(VmHWM of /proc/self/status, and its growth over the process's RSS after imports).
 
 Target (issue 5): an NCP policy's training step ≤ 1.25 × the feed-forward CNN policy's.
 
@@ -86,17 +86,29 @@ class Bench:
         return time.perf_counter() - t0
 
 
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmHWM is reset by exec, unlike ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: best effort
+
+
 def _memory_child(name: str, batch: int, seq: int) -> None:
     """Run in a fresh process: RSS after imports, then peak RSS over 3 training steps."""
     args = argparse.Namespace(batch=batch, seq_len=seq)
     import driving.train  # noqa: F401
     import policies.factory  # noqa: F401
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _status_kb("VmRSS")
     bench = Bench(name, args)
     for _ in range(3):
         bench.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM")
     print(json.dumps({"base_kb": base, "peak_kb": peak}))
 
 
