@@ -94,6 +94,7 @@ class Plan:
     compare_seed: int | None = None
     docs: str = "docs/results.md"
     artefacts: str = ""  # small outputs to keep (tables, plots, reports); "" = OUT
+    data: str = ""  # the recorded dataset; "" = OUT/data (another sweep can share one)
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +111,7 @@ class Plan:
 
 
 def data_dir(p: Plan) -> Path:
-    return Path(p.out) / "data"
+    return Path(p.data) if p.data else Path(p.out) / "data"
 
 
 def run_dir(p: Plan, policy: str, seed: int) -> Path:
@@ -922,6 +923,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Plan, argparse.Namespace]:
                     help="(policy, seed) pipelines at once (> 1: worker processes, their "
                          "verbs' output in OUT/logs/)")
     ap.add_argument("--docs", default=d.docs, help="where to write the results page")
+    ap.add_argument("--data", default="",
+                    help="dataset folder (default OUT/data); give another sweep's to share it")
     ap.add_argument("--artefacts", default="",
                     help="folder for the small outputs worth keeping (tables, plots, reports, "
                          "summary.json); default OUT")
@@ -943,7 +946,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Plan, argparse.Namespace]:
              train_extra=tuple(shlex.split(a.train_extra)), eval_seed=a.eval_seed,
              eval_episodes=a.eval_episodes, eval_steps=a.eval_steps, conditions=tuple(conds), ssim=tuple(ssim), ssim_seeds=tuple(ssim_seeds),
              ssim_steps=a.ssim_steps, workers=a.workers, jobs=a.jobs, docs=a.docs,
-             artefacts=a.artefacts)
+             artefacts=a.artefacts, data=a.data)
     return p, a
 
 

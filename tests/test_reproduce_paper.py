@@ -37,6 +37,17 @@ def test_plan_is_seed_major_and_ssim_only_on_ssim_seeds(tmp_path):
     assert ev0[ev0.index("--corruptions") + 1] == "none,noise"
     assert json.loads(ev0[ev0.index("--env-config") + 1]) == {"split": "test"}
     assert pipes[2][-1].argv[:2] == ["explain", "--ssim"]
+    assert pipes[0][0].argv[pipes[0][0].argv.index("--data") + 1] == str(tmp_path / "data")
+
+
+def test_a_second_sweep_can_share_the_dataset(tmp_path):
+    p = rp.Plan(out=str(tmp_path / "b"), data=str(tmp_path / "a" / "data"), policies=("gru",),
+                seeds=(3,), train_extra=("--lr", "0.001"))
+    assert rp.collect_stage(p).argv[rp.collect_stage(p).argv.index("--out") + 1] == str(tmp_path / "a" / "data")
+    train = rp.pipeline(p, "gru", 3)[0].argv
+    assert train[train.index("--data") + 1] == str(tmp_path / "a" / "data")
+    assert train[train.index("--out") + 1] == str(tmp_path / "b" / "runs" / "gru-s3")
+    assert train[train.index("--lr") + 1] == "0.001"
 
 
 @pytest.mark.parametrize("argv, words", [
