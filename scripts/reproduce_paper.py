@@ -538,6 +538,26 @@ def _cond_key(row: dict) -> str:
     return "clean" if row["corruption"] == "none" else f"{row['corruption']}:{int(row['severity'])}"
 
 
+def _image_blind(rows: list[dict]) -> bool:
+    """True when every condition drove exactly the same: the steering ignores the camera
+    (e.g. a perception CNN whose last ReLU layer died in training)."""
+    keys = ("mean_abs_cross_track_m", "crashes", "completion_pct")
+    sig = {tuple(r.get(k) for k in keys) for r in rows}
+    return len(rows) > 2 and len(sig) == 1
+
+
+def best_val_mse(run: Path) -> float | None:
+    """Lowest validation MSE over the run's epochs (RUN/metrics.csv), None if unknown."""
+    import csv
+
+    f = run / "metrics.csv"
+    if not f.is_file():
+        return None
+    with open(f) as fh:
+        vals = [float(r["val_mse"]) for r in csv.DictReader(fh) if r.get("val_mse") not in (None, "")]
+    return min(vals) if vals else None
+
+
 def aggregate(p: Plan) -> dict[str, Any]:
     """Per policy and condition: mean ± 95% interval over training seeds of each run's mean."""
     from driving.metrics import mean_ci95
@@ -546,6 +566,7 @@ def aggregate(p: Plan) -> dict[str, Any]:
     seeds_done: dict[str, list[int]] = {}
     conds: list[str] = []
     reference = None
+    blind: list[str] = []
     for policy in p.policies:
         for seed in p.seeds:
             d = eval_dir(p, policy, seed)
@@ -555,6 +576,8 @@ def aggregate(p: Plan) -> dict[str, Any]:
             if rep.get("reference") and reference is None:
                 reference = rep["reference"]
             seeds_done.setdefault(policy, []).append(seed)
+            if _image_blind(rep["results"]):
+                blind.append(f"{policy}-s{seed}")
             for row in rep["results"]:
                 c = _cond_key(row)
                 if c not in conds:
@@ -589,7 +612,10 @@ def aggregate(p: Plan) -> dict[str, Any]:
     if reference:
         rows = reference["results"] if isinstance(reference, dict) else reference
         ref = {_cond_key(r): {k: _row_value(r, k) for k, *_ in METRICS} for r in rows}
+    val = {f"{pol}-s{seed}": best_val_mse(run_dir(p, pol, seed)) for pol, seed in run_order(p)
+           if _train_done(run_dir(p, pol, seed))}
     return {"conditions": order, "table": table, "seeds_done": seeds_done, "ssim": ssim,
+            "image_blind_runs": blind, "best_val_mse": val,
             "expert": ref}
 
 
@@ -801,6 +827,23 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
             if pol in agg["ssim"]:
                 L.append(f"| {pol} | " + " | ".join(_fmt_stat(agg["ssim"][pol].get(c), "{:.3f}")
                                                    for c in p.ssim) + " |")
+        L.append("")
+    if agg.get("best_val_mse"):
+        L += ["## Training: best validation MSE per run", "",
+              "MSE of the normalised steering on held-out recorded episodes (lower is better); "
+              "a run stuck near the variance of the steering has learnt a constant."]
+        if agg.get("image_blind_runs"):
+            L += ["", "**Image-blind runs** (every condition drove exactly the same, so the steering "
+                  "ignored the camera): " + ", ".join(agg["image_blind_runs"]) + "."]
+        L += ["", "| policy | " + " | ".join(f"seed {s}" for s in p.seeds) + " |",
+              "|---|" + "---:|" * len(p.seeds)]
+        for pol in p.policies:
+            cells = []
+            for seed in p.seeds:
+                v = agg["best_val_mse"].get(f"{pol}-s{seed}")
+                mark = " (blind)" if f"{pol}-s{seed}" in agg.get("image_blind_runs", []) else ""
+                cells.append("–" if v is None else f"{v:.4f}{mark}")
+            L.append(f"| {pol} | " + " | ".join(cells) + " |")
         L.append("")
     L += ["## Parameter counts", "",
           "Trainable parameters as built for the 78×200 camera. Every policy has the same "
