@@ -30,8 +30,7 @@ def test_unknown_command_exits_2():
 def test_each_registered_verb_has_help(verb, capsys):
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices  # noqa: SLF001
-    if verb not in choices:
-        pytest.skip(f"verb {verb!r} not built")
+    assert verb in choices, f"verb {verb!r} is not registered"
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])
     assert exc.value.code == 0
@@ -44,3 +43,20 @@ def test_python_dash_m_entry_point():
     )
     assert proc.returncode == 0
     assert "liquid-drive" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "/nonexistent/data", "--policy", "ncp-cfc", "--out", "/tmp/x-run"],
+        ["eval", "--checkpoint", "/nonexistent/run", "--env", "liquid_drive/Racetrack-v0",
+         "--out", "/tmp/x-eval"],
+        ["collect", "--env", "liquid_drive/NoSuchEnv-v0", "--episodes", "1", "--steps", "5",
+         "--out", "/tmp/x-never-created"],
+        ["train", "--data", "/nonexistent/data", "--policy", "no-such-policy", "--out", "/tmp/x"],
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(f"driving {argv[0]}: error:")
