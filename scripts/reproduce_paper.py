@@ -539,10 +539,10 @@ def _cond_key(row: dict) -> str:
 
 
 def _image_blind(rows: list[dict]) -> bool:
-    """True when every condition drove exactly the same: the steering ignores the camera
-    (e.g. a perception CNN whose last ReLU layer died in training)."""
-    keys = ("mean_abs_cross_track_m", "crashes", "completion_pct")
-    sig = {tuple(r.get(k) for k in keys) for r in rows}
+    """True when every condition drove the same (|CTE| to the mm, crashes, completion to 0.1%):
+    the steering ignores the camera (e.g. the perception CNN's last ReLU layer died)."""
+    sig = {(round(float(r["mean_abs_cross_track_m"]), 3), int(r["crashes"]),
+            round(float(r["completion_pct"]), 1)) for r in rows}
     return len(rows) > 2 and len(sig) == 1
 
 
@@ -599,15 +599,21 @@ def aggregate(p: Plan) -> dict[str, Any]:
     ssim: dict[str, dict[str, Any]] = {}
     for policy in p.policies:
         for c in p.ssim:
-            vals = []
+            vals, skipped = [], []
             for seed in p.ssim_seeds:
                 f = ssim_file(p, policy, seed, c)
-                if _json_done(f):
+                if not _json_done(f):
+                    continue
+                # an image-blind run's saliency maps are constant: SSIM 1 says nothing
+                if f"{policy}-s{seed}" in blind:
+                    skipped.append(seed)
+                else:
                     vals.append(json.loads(f.read_text())["ssim_mean"])
-            if vals:
+            if vals or skipped:
                 m, lo, hi = mean_ci95(vals)
-                ssim.setdefault(policy, {})[c] = {"mean": m, "ci95": None if lo is None else [lo, hi],
-                                                  "n": len(vals)}
+                ssim.setdefault(policy, {})[c] = {"mean": m if vals else None,
+                                                  "ci95": None if lo is None else [lo, hi],
+                                                  "n": len(vals), "excluded_blind_seeds": skipped}
     ref = None
     if reference:
         rows = reference["results"] if isinstance(reference, dict) else reference
@@ -695,7 +701,7 @@ def plot_ssim(p: Plan, agg: dict[str, Any], out: Path) -> Path:
         ms, errs = [], [[], []]
         for pol in pols:
             s = agg["ssim"][pol].get(c)
-            m = s["mean"] if s else np.nan
+            m = s["mean"] if s and s["mean"] is not None else np.nan
             lo, hi = (s["ci95"] if s and s["ci95"] else (m, m))
             ms.append(m)
             errs[0].append(m - lo)
@@ -821,7 +827,9 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
     if agg["ssim"]:
         L += ["## Attention robustness (SSIM of clean vs corrupted VisualBackProp maps)", "",
               "Higher = the saliency map moves less under the corruption (1 = identical). "
-              f"Mean over {p.ssim_steps} frames, then over seeds.", ""]
+              f"Mean over {p.ssim_steps} frames, then over seeds. Image-blind runs are left out "
+              "(their maps are constant, so their SSIM is a meaningless 1); `n` counts the seeds "
+              "that remain.", ""]
         L += ["| policy | " + " | ".join(p.ssim) + " |", "|---|" + "---|" * len(p.ssim)]
         for pol in p.policies:
             if pol in agg["ssim"]:

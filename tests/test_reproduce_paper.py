@@ -147,7 +147,9 @@ def test_tiny_real_run_then_resume_skips_everything(tmp_path):
 def test_image_blind_run_and_best_val_mse(tmp_path):
     row = {"mean_abs_cross_track_m": 1.5, "crashes": 6, "completion_pct": 12.0}
     assert rp._image_blind([dict(row, corruption=c) for c in ("none", "fog", "rain")])
+    assert rp._image_blind([dict(row), dict(row), dict(row, mean_abs_cross_track_m=1.5 + 1e-7)])
     assert not rp._image_blind([dict(row), dict(row), dict(row, crashes=5)])
+    assert not rp._image_blind([dict(row), dict(row), dict(row, mean_abs_cross_track_m=1.51)])
     assert not rp._image_blind([dict(row)])  # one condition says nothing
     (tmp_path / "metrics.csv").write_text("round,epoch,val_mse\n0,1,0.04\n0,2,0.012\n0,3,0.02\n")
     assert rp.best_val_mse(tmp_path) == pytest.approx(0.012)
