@@ -492,7 +492,7 @@ def run_all(p: Plan) -> Runner:
           f"({wall:.0f} s)")
     sessions = _read_json(Path(p.out) / "timings" / "sessions.json").get("sessions", [])
     sessions.append({"started_utc": started, "wall_s": round(wall, 1), "jobs": p.jobs,
-                     "stages_run": r.done, "failed": len(r.failed)})
+                     "stages_run": r.done, "failed": len(r.failed), "command": p.command})
     _write_text(Path(p.out) / "timings" / "sessions.json",
                 json.dumps({"sessions": sessions}, indent=1) + "\n")
     return r
@@ -567,6 +567,7 @@ def aggregate(p: Plan) -> dict[str, Any]:
     conds: list[str] = []
     reference = None
     blind: list[str] = []
+    learned: dict[str, dict[str, dict[str, list[float]]]] = {}
     for policy in p.policies:
         for seed in p.seeds:
             d = eval_dir(p, policy, seed)
@@ -584,18 +585,26 @@ def aggregate(p: Plan) -> dict[str, Any]:
                     conds.append(c)
                 for key, *_ in METRICS:
                     v = _row_value(row, key)
-                    if v is not None:
-                        per.setdefault(policy, {}).setdefault(c, {}).setdefault(key, []).append(float(v))
+                    if v is None:
+                        continue
+                    per.setdefault(policy, {}).setdefault(c, {}).setdefault(key, []).append(float(v))
+                    if f"{policy}-s{seed}" not in blind:
+                        learned.setdefault(policy, {}).setdefault(c, {}).setdefault(key, []).append(float(v))
     order = sorted(conds, key=lambda c: (c != "clean", c.split(":")[0], c))
-    table: dict[str, Any] = {}
-    for policy, by_cond in per.items():
-        table[policy] = {}
-        for c, by_key in by_cond.items():
-            table[policy][c] = {}
-            for key, vals in by_key.items():
-                m, lo, hi = mean_ci95(vals)
-                table[policy][c][key] = {"mean": m, "ci95": None if lo is None else [lo, hi],
-                                         "n": len(vals), "values": vals}
+
+    def stats(src: dict) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for policy, by_cond in src.items():
+            out[policy] = {}
+            for c, by_key in by_cond.items():
+                out[policy][c] = {}
+                for key, vals in by_key.items():
+                    m, lo, hi = mean_ci95(vals)
+                    out[policy][c][key] = {"mean": m, "ci95": None if lo is None else [lo, hi],
+                                           "n": len(vals), "values": vals}
+        return out
+
+    table, table_learned = stats(per), stats(learned)
     ssim: dict[str, dict[str, Any]] = {}
     for policy in p.policies:
         for c in p.ssim:
@@ -621,7 +630,7 @@ def aggregate(p: Plan) -> dict[str, Any]:
     val = {f"{pol}-s{seed}": best_val_mse(run_dir(p, pol, seed)) for pol, seed in run_order(p)
            if _train_done(run_dir(p, pol, seed))}
     return {"conditions": order, "table": table, "seeds_done": seeds_done, "ssim": ssim,
-            "image_blind_runs": blind, "best_val_mse": val,
+            "image_blind_runs": blind, "best_val_mse": val, "table_learned": table_learned,
             "expert": ref}
 
 
@@ -646,6 +655,8 @@ def plot_curves(p: Plan, agg: dict[str, Any], out: Path) -> list[Path]:
     for key, label, _, _ in METRICS[:3]:
         fig, axes = plt.subplots(1, len(corrs), figsize=(4.2 * len(corrs), 3.6), sharey=True,
                                  squeeze=False)
+        fig.suptitle(f"{label}: mean over training seeds, shaded 95% interval over seeds "
+                     "(clipped to the metric's range)", fontsize=9)
         for ax, corr in zip(axes[0], corrs):
             for i, (policy, by_cond) in enumerate(agg["table"].items()):
                 xs, ms, los, his = [], [], [], []
@@ -657,14 +668,14 @@ def plot_curves(p: Plan, agg: dict[str, Any], out: Path) -> list[Path]:
                     xs.append(sev)
                     ms.append(s["mean"])
                     lo, hi = s["ci95"] or (s["mean"], s["mean"])
-                    los.append(lo)
-                    his.append(hi)
+                    los.append(max(lo, 0.0))  # the metrics are >= 0; completion <= 100
+                    his.append(min(hi, 100.0) if key == "completion_pct" else hi)
                 if not xs:
                     continue
                 style = "-" if policy.startswith("ncp-cfc") or policy == "ncp-ltc" else "--"
                 ax.plot(xs, ms, style, marker="o", ms=3, color=colors(i % 10), label=policy,
                         lw=2.2 if policy in ("ncp-cfc", "ncp-ltc") else 1.2)
-                ax.fill_between(xs, los, his, color=colors(i % 10), alpha=0.12)
+                ax.fill_between(xs, los, his, color=colors(i % 10), alpha=0.07)
             ref = (agg.get("expert") or {}).get("clean", {}).get(key)
             if ref is not None:
                 ax.axhline(ref, color="k", ls=":", lw=1, label="expert (clean)")
@@ -675,6 +686,10 @@ def plot_curves(p: Plan, agg: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xlabel("severity (0 = clean)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(label)
+        if key == "completion_pct":
+            axes[0][0].set_ylim(0, 105)
+        else:
+            axes[0][0].set_ylim(bottom=0)
         axes[0][-1].legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = out / f"robustness_{key}.png"
@@ -824,6 +839,23 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
               "dotted line is the privileged expert, clean.", ""]
         L += [f"![{q.stem}]({rel(q)})" for q in plots]
         L.append("")
+    if agg.get("image_blind_runs") and agg.get("table_learned"):
+        L += ["### Only the runs that learned to use the camera", "",
+              "The same statistics without the image-blind runs (listed under *Training* below); "
+              "`n` = the seeds that remain. This conditions on training success, so read it beside "
+              "the full table, not instead of it.", ""]
+        for key, label, fmt, higher in METRICS[:3]:
+            L += [f"**{label}** ({'higher' if higher else 'lower'} is better)", "",
+                  "| policy | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
+            for pol in p.policies:
+                t = agg["table_learned"].get(pol)
+                if not t:
+                    L.append(f"| {pol} (n=0) | " + " | ".join("–" for _ in conds) + " |")
+                    continue
+                n = t.get("clean", {}).get(key, {}).get("n", 0)
+                L.append(f"| {pol} (n={n}) | " + " | ".join(_fmt_stat(t.get(c, {}).get(key), fmt)
+                                                          for c in conds) + " |")
+            L.append("")
     if agg["ssim"]:
         L += ["## Attention robustness (SSIM of clean vs corrupted VisualBackProp maps)", "",
               "Higher = the saliency map moves less under the corruption (1 = identical). "
@@ -883,8 +915,18 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
     return text
 
 
+def run_command(p: Plan, command: str) -> str:
+    """The command that produced OUT (its last run), not a later `--report-only`."""
+    sessions = _read_json(Path(p.out) / "timings" / "sessions.json").get("sessions", [])
+    for sess in reversed(sessions):
+        if sess.get("command"):
+            return sess["command"]
+    return " ".join(w for w in command.split(" ") if w != "--report-only")
+
+
 def report(p: Plan, command: str) -> Path:
     """Aggregate what exists, run `driving compare`, plot, write summary.json and the doc."""
+    command = run_command(p, command)
     out = Path(p.out)
     art = Path(p.artefacts or p.out)
     art.mkdir(parents=True, exist_ok=True)
