@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"liquid-drive {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verb, module_name in COMMANDS.items():
+    for module_name in COMMANDS.values():
         try:
             module = importlib.import_module(f"driving.commands.{module_name}")
         except ModuleNotFoundError as exc:

@@ -32,11 +32,11 @@ class DemoConfig:
     env: str = "liquid_drive/Racetrack-v0"
     policy: str = "ncp-cfc"
     seed: int = 0
-    episodes: int = 16  # recorded expert drives
-    steps: int = 400  # frames per recorded drive (10 Hz → 40 s)
-    dart_noise: float = 0.15  # std of the executed-steering noise while recording
-    epochs: int = 12
-    max_frames: int = 0  # training frames per epoch (0 = all)
+    episodes: int = 12  # recorded expert drives
+    steps: int = 300  # frames per recorded drive (10 Hz → 30 s, most of a lap)
+    dart_noise: float = 0.1  # std of the executed-steering noise while recording
+    epochs: int = 8
+    max_frames: int = 3000  # training frames per epoch (windows drawn at random)
     dagger_rounds: int = 1
     dagger_episodes: int = 4
     eval_episodes: int = 2

@@ -306,8 +306,29 @@ def _looks_pickled(path: Path) -> bool:
     return head[:1] == b"\x80" or head == b"PK\x03\x04"  # pickle protocol ≥ 2, torch zip
 
 
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def pretrained_names() -> list[str]:
+    """Names of the agents shipped in `assets/pretrained/` (usable as `pretrained:NAME`)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
-    """The RUN directory for `run_dir` (a file inside it is accepted), or a clear ValueError."""
+    """The RUN directory for `run_dir` (a file inside it is accepted), or a clear ValueError.
+
+    `pretrained:NAME` names an agent shipped with the package (`assets/pretrained/NAME`).
+    """
+    text = os.fspath(run_dir)
+    if text.startswith(PRETRAINED_PREFIX):
+        name = text[len(PRETRAINED_PREFIX):]
+        if name not in pretrained_names():
+            raise ValueError(f"no pretrained agent {name!r}; shipped: "
+                             f"{', '.join(pretrained_names()) or 'none'} (in {PRETRAINED_DIR})")
+        run_dir = PRETRAINED_DIR / name
     path = Path(run_dir)
     if not path.exists():
         raise ValueError(f"checkpoint directory {path} does not exist")

@@ -28,6 +28,8 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--workers", "workers", int, "data-loading worker processes"),
     ("--threads", "threads", int, "torch threads per process"),
     ("--max-frames", "max_frames", int, "at most this many training frames per epoch (0 = all)"),
+    ("--cnn-warmup-steps", "cnn_warmup_steps", int,
+     "steps fitting the CNN with a temporary linear head on single frames before end-to-end training (0 = off)"),
     ("--dagger-rounds", "dagger_rounds", int, "DAgger rounds after behaviour cloning"),
     ("--dagger-episodes", "dagger_episodes", int, "closed-loop rollouts recorded per DAgger round"),
     ("--dagger-steps", "dagger_steps", int, "steps per DAgger rollout"),
