@@ -793,7 +793,9 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
           f"(split `{p.train_split}`, data seed {p.data_seed}, DART steering noise σ {p.dart_noise}), "
           "the same dataset for every policy.",
           f"- **Training**: {p.epochs} epochs of at most {p.max_frames or 'all'} frames each "
-          f"(behaviour cloning, the project's default recipe otherwise; patience {p.patience}), "
+          f"(behaviour cloning, the project's default recipe"
+          + (f" with `{shlex.join(p.train_extra)}`" if p.train_extra else "")
+          + f" otherwise; patience {p.patience}), "
           f"one torch thread; training seeds {', '.join(map(str, p.seeds))}.",
           f"- **Evaluation**: closed loop on held-out roads (split `{p.test_split}`), "
           f"{p.eval_episodes} episodes × {p.eval_steps} steps (10 Hz) per condition, eval seed "
