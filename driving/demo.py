@@ -39,7 +39,7 @@ class DemoConfig:
     max_frames: int = 3000  # training frames per epoch (windows drawn at random)
     dagger_rounds: int = 1
     dagger_episodes: int = 4
-    eval_episodes: int = 2
+    eval_episodes: int = 4
     eval_steps: int = 500
     corruptions: tuple[str, ...] = ("none", "fog", "rain", "noise")
     severities: tuple[int, ...] = (2, 4)
