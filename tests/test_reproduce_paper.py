@@ -16,6 +16,12 @@ sys.modules["reproduce_paper"] = rp
 _spec.loader.exec_module(rp)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Relative defaults (docs/results.md, results/paper) must never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_condition_groups_make_products_of_eval():
     groups = rp.condition_groups(["none", "noise:3", "noise:4", "noise:5", "fog:3", "rain:3"])
     assert groups == [(["none", "noise"], [3, 4, 5]), (["fog", "rain"], [3])]
@@ -85,7 +91,8 @@ def _fake_report(path: Path, policy: str, completion: float, crashes: int, episo
 
 
 def test_aggregate_is_mean_and_t_interval_over_seeds(tmp_path):
-    p = rp.Plan(out=str(tmp_path), policies=("ncp-cfc", "cnn"), seeds=(0, 1, 2), ssim=())
+    p = rp.Plan(out=str(tmp_path), policies=("ncp-cfc", "cnn"), seeds=(0, 1, 2), ssim=(),
+                docs=str(tmp_path / "results.md"))
     for seed, comp in zip((0, 1, 2), (60.0, 70.0, 80.0)):
         _fake_report(rp.eval_dir(p, "ncp-cfc", seed), "ncp-cfc", comp, crashes=seed)
     _fake_report(rp.eval_dir(p, "cnn", 0), "cnn", 95.0, crashes=0)  # a partial run: one seed
