@@ -759,15 +759,18 @@ def outcome_lines(p: Plan, agg: dict[str, Any]) -> list[str]:
             if not vals:
                 continue
             best = (max if higher else min)(vals, key=vals.get)
+            tied = [pol for pol, v in vals.items() if fmt.format(v) == fmt.format(vals[best])]
             for n in ncps:
                 if n not in vals:
                     continue
-                if best == n:
-                    wins.append(f"{n} on {c}")
+                if n in tied:
+                    wins.append(f"{n} on {c}" + (" (tied)" if len(tied) > 1 else ""))
                 else:
                     losses.append((n, c, best))
-            lines.append(f"- {label}, {c}: best {best} ({fmt.format(vals[best])})"
-                         + "".join(f"; {n} {fmt.format(vals[n])}" for n in ncps if n in vals and n != best))
+            who = ", ".join(tied) if len(tied) < len(vals) else "all policies"
+            lines.append(f"- {label}, {c}: best {who} ({fmt.format(vals[best])})"
+                         + "".join(f"; {n} {fmt.format(vals[n])}" for n in ncps
+                                   if n in vals and n not in tied))
         if ncps:
             lines.append(f"  - {label}: an NCP is best in {len(wins)} of {len(agg['conditions']) * len(ncps)} "
                          f"(NCP, condition) pairs" + (f" ({', '.join(wins)})" if wins else ""))
