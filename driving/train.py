@@ -63,6 +63,7 @@ from driving.augment import augment_windows
 from driving.errors import UserError
 
 STATE_DIR = "last"
+WARMUP_FRAMES_PER_STEP = 64
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 STATE_FILE = "state.safetensors"
@@ -475,7 +476,9 @@ def warm_up_cnn(policy: nn.Module, cfg: TrainConfig, dataset) -> float | None:
         head.bias.zero_()
     opt = torch.optim.Adam([*cnn.parameters(), *head.parameters()], lr=cfg.lr)
     loss = torch.zeros(())
-    per_step = cfg.batch * cfg.seq_len  # frames per step, as many as a training step
+    # 64 frames a step whatever --batch is: under torchrun every rank runs this same warm-up
+    # on the whole training split, so a 2-process run starts where a 1-process run does.
+    per_step = WARMUP_FRAMES_PER_STEP
     from tqdm import tqdm
 
     for _ in tqdm(range(cfg.cnn_warmup_steps), desc="CNN warm-up", unit="step", leave=False,
