@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from policies.wiring import Wiring
@@ -45,7 +47,7 @@ def check_dt(dt: torch.Tensor, shape: tuple[int, ...], who: str, name: str, spec
     if not isinstance(dt, torch.Tensor) or tuple(dt.shape) != shape:
         got = tuple(dt.shape) if isinstance(dt, torch.Tensor) else type(dt).__name__
         raise ValueError(f"{who}: {name} must have shape {spec}={shape}, got {got}")
-    if _recording():  # values are unknown while torch.export/ONNX records the graph
+    if recording_graph():  # values are unknown while torch.export/ONNX records the graph
         return
     if not bool(torch.isfinite(dt).all()) or bool((dt <= 0).any()):
         raise ValueError(f"{who}: {name} must be finite and > 0 (elapsed seconds per step)")
@@ -79,7 +81,7 @@ def check_step(
     raise ValueError(f"{who}.step: dt must be None, a positive float or a (batch,) tensor")
 
 
-def _recording() -> bool:
+def recording_graph() -> bool:
     """True while torch.jit tracing, torch.export/dynamo or ONNX export records the graph."""
     if torch.jit.is_tracing():
         return True
@@ -89,3 +91,20 @@ def _recording() -> bool:
     except AttributeError:  # pragma: no cover - older torch
         pass
     return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())
+
+
+def fits_state(x: torch.Tensor, h: torch.Tensor | None, state_size: int) -> bool:
+    """True when `h` is None or a (batch, state_size) tensor of `x`'s dtype (the C step's input)."""
+    return h is None or (isinstance(h, torch.Tensor) and h.dim() == 2 and h.shape[0] == x.shape[0]
+                         and h.shape[1] == state_size and h.dtype == x.dtype)
+
+
+def c_step_dt(x: torch.Tensor, h: torch.Tensor | None, dt, input_size: int, state_size: int,
+              who: str) -> tuple[float, torch.Tensor | None]:
+    """Elapsed time for the C inference step: (scalar, None) for None/a number, else (1.0, (B,1))."""
+    if dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool)):
+        d = 1.0 if dt is None else float(dt)
+        if not (d > 0 and math.isfinite(d)):
+            raise ValueError(f"{who}.step: dt must be finite and > 0, got {dt}")
+        return d, None
+    return 1.0, check_step(x, h, dt, input_size, state_size, who).contiguous()

@@ -27,14 +27,19 @@ units are outputs.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
 from policies import _ckernel as _ck
-from policies._cellutil import as_wiring, check_sequence, check_step
+from policies._cellutil import (
+    as_wiring,
+    c_step_dt,
+    check_sequence,
+    check_step,
+    fits_state,
+    recording_graph,
+)
 from policies.wiring import Wiring
 
 __all__ = ["CfC"]
@@ -296,7 +301,7 @@ class CfC(nn.Module):
 
     def _use_c(self, x: torch.Tensor) -> bool:
         return (self.fused and self.backbone is None and not torch.jit.is_scripting()
-                and not _tracing() and x.device.type == "cpu"
+                and not recording_graph() and x.device.type == "cpu"
                 and x.dtype == self.bias.dtype and _ck.func("cfc_fwd", x.dtype) is not None)
 
     def _pure_params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,16 +330,8 @@ class CfC(nn.Module):
         """One frame for closed-loop control: x (B,F), h (B,units), dt → (y (B,output), h)."""
         if (not torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.dim() == 2
                 and x.shape[1] == self.input_size and self._use_c(x)
-                and (h is None or (isinstance(h, torch.Tensor) and h.dim() == 2
-                                   and h.shape[0] == x.shape[0] and h.shape[1] == self.state_size
-                                   and h.dtype == x.dtype))):
-            if dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool)):
-                d = 1.0 if dt is None else float(dt)
-                if not (d > 0 and math.isfinite(d)):
-                    raise ValueError(f"CfC.step: dt must be finite and > 0, got {dt}")
-                return self._step_c(x, h, d, None)
-            dtb = check_step(x, h, dt, self.input_size, self.state_size, "CfC")
-            return self._step_c(x, h, 1.0, dtb.contiguous())
+                and fits_state(x, h, self.state_size)):
+            return self._step_c(x, h, *c_step_dt(x, h, dt, self.input_size, self.state_size, "CfC"))
         dtb = check_step(x, h, dt, self.input_size, self.state_size, "CfC")
         if h is None:
             h = torch.zeros(x.shape[0], self.state_size, dtype=x.dtype, device=x.device)
@@ -458,15 +455,3 @@ class _CfCSeqC(torch.autograd.Function):
             gHs.data_ptr(), gPX.data_ptr(), gh0.data_ptr(), gdt.data_ptr(), g_o.data_ptr(),
             g_n.data_ptr(), gA.data_ptr(), gwt.data_ptr())
         return (gPX, gh0, gdt, g_o, g_n, gA if pure else None, gwt if pure else None, None)
-
-
-def _tracing() -> bool:
-    """True while torch.jit tracing, torch.export/dynamo or ONNX export records the graph."""
-    if torch.jit.is_tracing():
-        return True
-    try:
-        if torch.compiler.is_compiling():
-            return True
-    except AttributeError:  # pragma: no cover - older torch
-        pass
-    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())

@@ -20,15 +20,20 @@ not record ~10⁴ small nodes. A plain autograd path (`fused=False`, also used b
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from policies import _ckernel as _ck
-from policies._cellutil import as_wiring, check_sequence, check_step
+from policies._cellutil import (
+    as_wiring,
+    c_step_dt,
+    check_sequence,
+    check_step,
+    fits_state,
+    recording_graph,
+)
 from policies.wiring import Wiring
 
 __all__ = ["LTC"]
@@ -349,7 +354,7 @@ class LTC(nn.Module):
         B, T, _ = x.shape
         if hx is None:
             hx = torch.zeros(B, self.state_size, dtype=x.dtype, device=x.device)
-        use_c = (self.fused and not torch.jit.is_scripting() and not _tracing()
+        use_c = (self.fused and not torch.jit.is_scripting() and not recording_graph()
                  and x.device.type == "cpu" and x.dtype == self.gleak.dtype
                  and _ck.func("ltc_fwd", x.dtype) is not None)
         if use_c:
@@ -360,7 +365,7 @@ class LTC(nn.Module):
         dt = (timespans.to(x.dtype) if timespans is not None
               else torch.ones(B, T, dtype=x.dtype, device=x.device))
         A, D, c = self._frame_terms(x, dt)
-        if self.fused and not torch.jit.is_scripting() and not _tracing() and x.device.type == "cpu":
+        if self.fused and not torch.jit.is_scripting() and not recording_graph() and x.device.type == "cpu":
             V = _LTCSolve.apply(torch.cat([A, D], -1).transpose(0, 1).contiguous(),
                                 c.transpose(0, 1).contiguous(), hx.contiguous(),
                                 self._pos(self.w), self.erev, self.mu, self.sigma,
@@ -405,18 +410,10 @@ class LTC(nn.Module):
         """
         if (not torch.is_grad_enabled() and self.fused and isinstance(x, torch.Tensor)
                 and x.dim() == 2 and x.shape[1] == self.input_size and x.device.type == "cpu"
-                and x.dtype == self.gleak.dtype and not _tracing()
-                and (h is None or (isinstance(h, torch.Tensor) and h.dim() == 2
-                                   and h.shape[0] == x.shape[0] and h.shape[1] == self.state_size
-                                   and h.dtype == x.dtype))
+                and x.dtype == self.gleak.dtype and not recording_graph()
+                and fits_state(x, h, self.state_size)
                 and _ck.func("ltc_fwd", x.dtype) is not None):
-            if dt is None or (isinstance(dt, (int, float)) and not isinstance(dt, bool)):
-                d = 1.0 if dt is None else float(dt)
-                if not (d > 0 and math.isfinite(d)):
-                    raise ValueError(f"LTC.step: dt must be finite and > 0, got {dt}")
-                return self._step_c(x, h, d, None)
-            dtb = check_step(x, h, dt, self.input_size, self.state_size, "LTC")
-            return self._step_c(x, h, 1.0, dtb.contiguous())
+            return self._step_c(x, h, *c_step_dt(x, h, dt, self.input_size, self.state_size, "LTC"))
         dtb = check_step(x, h, dt, self.input_size, self.state_size, "LTC")
         if h is None:
             h = torch.zeros(x.shape[0], self.state_size, dtype=x.dtype, device=x.device)
@@ -475,18 +472,6 @@ class LTC(nn.Module):
         return (f"units={self.state_size}, input_size={self.input_size}, "
                 f"output_size={self.output_size}, ode_unfolds={self.ode_unfolds}, "
                 f"synapses={int(self.src.shape[0])}+{int(self.sensory_src.shape[0])} sensory")
-
-
-def _tracing() -> bool:
-    """True while torch.jit tracing, torch.export/dynamo or ONNX export records the graph."""
-    if torch.jit.is_tracing():
-        return True
-    try:
-        if torch.compiler.is_compiling():
-            return True
-    except AttributeError:  # pragma: no cover - older torch
-        pass
-    return bool(getattr(torch.onnx, "is_in_onnx_export", lambda: False)())
 
 
 
