@@ -148,6 +148,18 @@ def _first_conv(policy: nn.Module) -> nn.Conv2d:
     return layers[0]
 
 
+def _whitened_input(policy: nn.Module, frame: np.ndarray) -> torch.Tensor:
+    """The (1,3,H,W) input the first convolution sees for `frame` (after whitening)."""
+    cap = _InputCapture()
+    handle = _first_conv(policy).register_forward_pre_hook(cap)
+    try:
+        with torch.no_grad():
+            policy.cnn(torch.as_tensor(frame)[None])
+    finally:
+        handle.remove()
+    return cap.original
+
+
 def _unit_count(policy: nn.Module) -> int:
     """Neurons that `neuron_states` reports (Policy.units; else the core's state size)."""
     n = getattr(policy, "units", None)
@@ -284,14 +296,7 @@ def neuron_saliency(
         else:
             steps = max(1, int(ig_steps))
             alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-            cap = _InputCapture()
-            handle = _first_conv(policy).register_forward_pre_hook(cap)
-            try:
-                with torch.no_grad():
-                    policy.cnn(torch.as_tensor(frame)[None])
-            finally:
-                handle.remove()
-            x = cap.original  # (1,3,H,W) whitened input
+            x = _whitened_input(policy, frame)  # (1,3,H,W)
             g = _grads(policy, frame, h, dt, targets, alphas)  # (len*steps,3,H,W)
             g = g.view(len(targets), steps, *g.shape[1:]).mean(dim=1)
             attr = (x * g).abs()
@@ -316,13 +321,6 @@ def integrated_gradients_raw(
     """
     steps = max(1, int(ig_steps))
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    cap = _InputCapture()
-    handle = _first_conv(policy).register_forward_pre_hook(cap)
-    try:
-        with torch.no_grad():
-            policy.cnn(torch.as_tensor(frame)[None])
-    finally:
-        handle.remove()
-    x = cap.original
+    x = _whitened_input(policy, frame)
     g = _grads(policy, frame, h, dt, [target], alphas).mean(dim=0, keepdim=True)
     return (x * g)[0].detach().numpy(), x[0].numpy()
