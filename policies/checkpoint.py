@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,23 @@ _CONVERT_HINT = (
 
 
 def package_version() -> str:
+    """The installed liquid-drive version (recorded in config.json), without importing `driving`.
+
+    `policies` is the lowest layer (docs/architecture.md): it must not import `driving`. A
+    source checkout that is not installed reads the version from its pyproject.toml.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from importlib.metadata import version
-
         return version("liquid-drive")
-    except Exception:  # not installed as a distribution
-        from driving import __version__
-
-        return __version__
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            text = pyproject.read_text(encoding="utf-8")
+        except OSError:
+            return "unknown"
+        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return m.group(1) if m else "unknown"
 
 
 # ---------------------------------------------------------------------- file helpers

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-# (out_channels, kernel, stride) of the five convolutions, DESIGN.md §2.
+# (out_channels, kernel, stride) of the five convolutions (docs/cells.md, "Perception CNN").
 CONV_SPEC: tuple[tuple[int, int, int], ...] = (
     (24, 5, 2),
     (36, 5, 2),

@@ -1,4 +1,4 @@
-"""Benchmark our LTC/CfC beside ncps 1.0.1 and torch's LSTM/GRU (DESIGN.md §6, issue 2 item 6).
+"""Benchmark our LTC/CfC beside ncps 1.0.1 and torch's LSTM/GRU (docs/cells.md "Benchmark").
 
 Paper NCP wiring (32 sensory → 12 inter → 6 command → 1 motor), input 32, batch 32,
 sequence 64, one thread. Per model: forward ms (no grad), forward+backward ms, one step at

@@ -286,3 +286,40 @@ def test_wrapped_policies_are_unwrapped_and_others_refused(tmp_path):
     assert cfg["policy"] == "gru" and "module.cnn.head_weight" not in cfg["tensors"]
     with pytest.raises(ValueError, match="needs a policies.Policy"):
         save_checkpoint(tmp_path, torch.nn.Linear(2, 2), {})
+
+
+def test_policies_never_import_driving():
+    """`policies` is the lowest layer (docs/architecture.md): saving a checkpoint (which records
+    the package version) must work with `driving` unimportable."""
+    code = textwrap.dedent("""
+        import sys, tempfile
+        sys.modules["driving"] = None  # any `import driving` now raises ImportError
+        from policies.checkpoint import package_version, save_checkpoint, load_policy
+        from policies.factory import build_policy
+        d = tempfile.mkdtemp()
+        save_checkpoint(d, build_policy("ncp-ltc", image_hw=(24, 40)), {})
+        load_policy(d)
+        assert package_version() not in ("", "unknown"), package_version()
+        assert not any(m == "driving" or m.startswith("driving.") for m in sys.modules
+                       if sys.modules[m] is not None)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_no_module_of_policies_imports_driving():
+    import ast
+    from pathlib import Path
+
+    import policies
+
+    root = Path(policies.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{node.lineno}" for n in names
+                          if n == "driving" or n.startswith("driving.")]
+    assert not offenders, offenders
