@@ -15,6 +15,7 @@ step; info carries the privileged state, the expert's label and the depth image.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any
 
@@ -25,6 +26,7 @@ from highway_env.road.road import Road
 from highway_env.vehicle.kinematics import Vehicle
 
 from envs.camera import CameraSpec, DashcamRenderer
+from envs.contract import lane_invasion
 from envs.expert import pure_pursuit
 from envs.scenery import sample_scenery
 from envs.tracks import TRACK_NAMES, Track, _wrap, build_track
@@ -125,11 +127,11 @@ class DashcamDrivingEnv(gym.Env):
                     cfg[k] = copy.deepcopy(v)
         self.config = cfg
         self._validate_config()
-        self.camera = CameraSpec.from_config(cfg["camera"])
+        self.camera_spec = CameraSpec.from_config(cfg["camera"])
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
-        H, W = self.camera.height, self.camera.width
+        H, W = self.camera_spec.height, self.camera_spec.width
         self.observation_space = spaces.Dict({
             "image": spaces.Box(0, 255, (H, W, 3), np.uint8),
             "speed": spaces.Box(0.0, 50.0, (1,), np.float32),
@@ -181,7 +183,7 @@ class DashcamDrivingEnv(gym.Env):
         self.scenery = sample_scenery(track, rng, randomize=bool(self.config["randomize"]),
                                       object_density=float(self.config["object_density"]),
                                       shadows=bool(self.config["shadows"]))
-        self.renderer = DashcamRenderer(track, self.scenery, self.camera)
+        self.renderer = DashcamRenderer(track, self.scenery, self.camera_spec)
         self.road = Road(network=track.network, vehicles=[], np_random=np.random.RandomState(
             int(rng.integers(2**31))), record_history=False)
         # random start pose (seeded)
@@ -283,6 +285,21 @@ class DashcamDrivingEnv(gym.Env):
         self._prev_route_s = self.route_s
         return self._observe(crashed=False)
 
+    # ------------------------------------------------------- the contract
+    @property
+    def nominal_dt(self) -> float:
+        """Seconds per `step` (envs.contract.DrivingEnv)."""
+        return 1.0 / float(self.config["policy_frequency"])
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.camera_spec.height), int(self.camera_spec.width)
+
+    @property
+    def camera(self) -> dict[str, Any]:
+        """JSON-safe description of the dashcam (every `CameraSpec` field)."""
+        return dataclasses.asdict(self.camera_spec)
+
     @property
     def vehicle(self) -> Vehicle:
         """The ego vehicle (highway-env's name for it)."""
@@ -351,5 +368,8 @@ class DashcamDrivingEnv(gym.Env):
             "executed_steering": float(getattr(self, "executed_steering", 0.0)),
             "lane_width_m": float(self.track.lane_width),
             "car_width_m": float(self.ego.WIDTH),
+            "off_road": not self.on_road,
+            "lane_invasion_m": lane_invasion(self.cross_track, self.track.lane_width, self.ego.WIDTH),
+            "collision": False,
         }
         return obs, info

@@ -42,6 +42,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.carla_weather import check_corruption, get_preset, weather_dict, weather_for
+from envs.contract import lane_invasion
 
 CARLA_VERSION = "0.9.16"
 INSTALL_HINT = "pip install 'liquid-drive[carla]'  (or: pip install carla==0.9.16)"
@@ -52,6 +53,7 @@ SERVER_HINT = (
     "-carla-rpc-port={port}`, then set CARLA_HOST / CARLA_PORT (see docs/carla.md)"
 )
 DEPTH_FAR_M = 1000.0  # CARLA's depth camera encodes 0..1000 m in 24 bits
+DEFAULT_CAR_WIDTH_M = 2.0  # highway_env Vehicle.WIDTH; used until the bounding box is read
 
 
 class CarlaConnectionError(ConnectionError):
@@ -518,6 +520,7 @@ class CarlaEnv(gym.Env):
         self._vehicle = self._track(vehicle)
         self._wheelbase = float(cfg["wheelbase_m"])  # until the first tick, see _reset
         self._max_steer = math.radians(cfg["max_steer_deg"])
+        self._car_width = DEFAULT_CAR_WIDTH_M  # until the bounding box is read
 
         cam = cfg["camera"]
         cam_tf = c.Transform(
@@ -577,6 +580,11 @@ class CarlaEnv(gym.Env):
             geometry = None
         if geometry is not None:
             self._wheelbase, self._max_steer = geometry
+        try:  # the car's width for the lane-invasion measure (half-extent y, metres)
+            width = 2.0 * float(self._vehicle.bounding_box.extent.y)
+        except Exception:  # noqa: BLE001 - not readable (e.g. fakes): highway-env's car width
+            width = DEFAULT_CAR_WIDTH_M
+        self._car_width = width if 0.5 < width < 5.0 else DEFAULT_CAR_WIDTH_M
 
     def _plan_route(self, start_wp: Any, seed_int: int) -> None:
         """Lane-centre waypoints every ``route_step_m`` from the start; branches chosen seeded."""
@@ -699,6 +707,9 @@ class CarlaEnv(gym.Env):
             if self._route_len > 0
             else 0.0,
             "lane_width_m": float(self._rwidth[i]),
+            "car_width_m": float(self._car_width),
+            "off_road": not on_road,
+            "lane_invasion_m": lane_invasion(cross, float(self._rwidth[i]), self._car_width),
             "weather": weather_dict(self.weather),
         }
         obs = {"image": rgb, "speed": np.array([speed], dtype=np.float32)}
@@ -826,6 +837,23 @@ class CarlaEnv(gym.Env):
     def recover(self) -> tuple[dict, dict]:
         """Teleport to the nearest lane-centre waypoint of the route, heading along the lane."""
         return self._guarded(self._recover)
+
+    # -- the contract (envs.contract.DrivingEnv) -------------------------------------------
+
+    @property
+    def nominal_dt(self) -> float:
+        """Seconds per ``step``."""
+        return 1.0 / float(self.config["policy_frequency"])
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        cam = self.config["camera"]
+        return int(cam["height"]), int(cam["width"])
+
+    @property
+    def camera(self) -> dict[str, Any]:
+        """JSON-safe camera description (as the dashcam envs', plus where it is mounted)."""
+        return {**self.config["camera"], "forward_m": float(self.config["camera_forward_m"])}
 
     def render(self) -> np.ndarray | None:
         if self.render_mode == "rgb_array":

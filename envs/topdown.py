@@ -58,7 +58,7 @@ def render_topdown(env, size: int = 300, view_m: float | None = None) -> np.ndar
         col = (40, 120, 255) if v is ego else tuple(int(c) for c in getattr(v, "color", (200, 40, 40)))
         cv2.fillConvexPoly(img, px(box), col, cv2.LINE_AA, SHIFT)
     # camera frustum
-    cam = env.camera
+    cam = env.camera_spec
     half_fov = np.deg2rad(cam.fov_deg) / 2
     reach = 30.0
     for a in (-half_fov, half_fov):

@@ -519,6 +519,34 @@ def test_episode_on_fake_server_follows_contract_and_tears_down(server):
     assert len(w.destroyed) == 5 and len(w.applied) == 4
 
 
+def test_carla_env_satisfies_the_driving_env_contract(server):
+    import json
+
+    from envs.contract import REQUIRED_INFO_KEYS, DrivingEnv, make_env, missing_members
+
+    env = make_env("liquid_drive/Carla-v0", {k: v for k, v in SMALL.items() if k != "camera"},
+                   camera={"height": 6, "width": 8}, max_steps=5000)
+    assert isinstance(env, CarlaEnv) and isinstance(env, DrivingEnv)
+    assert missing_members(env) == []
+    assert env.config["max_steps"] == 5000
+    assert env.nominal_dt == pytest.approx(0.1) and env.image_hw == (6, 8)
+    cam = json.loads(json.dumps(env.camera))
+    assert cam["height"] == 6 and cam["width"] == 8 and cam["forward_m"] == 0.8
+    obs, info = env.reset(seed=1)
+    assert set(REQUIRED_INFO_KEYS) <= set(info)
+    assert info["car_width_m"] == 2.0  # the fakes have no bounding box: the default
+    for _ in range(5):
+        _, _, _, _, info = env.step(np.array([0.2], np.float32))
+    assert set(REQUIRED_INFO_KEYS) <= set(info)
+    want = abs(info["cross_track_m"]) + info["car_width_m"] / 2 - info["lane_width_m"] / 2
+    assert info["lane_invasion_m"] == pytest.approx(want)
+    assert info["off_road"] == (not info["on_road"])
+    assert info["expert_steering"] == pytest.approx(env.expert_action())
+    _, info = env.recover()
+    assert set(REQUIRED_INFO_KEYS) <= set(info) and abs(info["cross_track_m"]) < 0.05
+    env.close()
+
+
 def test_route_end_odometer_dart_and_expert_hook(server):
     from envs.expert import expert_steering
 
