@@ -2,7 +2,8 @@
 
 Each verb lives in its own module under `driving/commands/`, exposing
 `register(subparsers)` which adds a parser whose `func(args) -> int` runs it.
-Bad input (`UserError`/`ValueError`) prints one line and exits with code 2.
+Bad input (`UserError`/`ValueError`) and a full disk (ENOSPC/EDQUOT) print one line and
+exit with code 2 (no traceback).
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as exc:  # e.g. no CARLA server at host:port
         print(f"driving {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk anywhere is the user's to fix: one line, exit 2
+        from driving.outputs import disk_full_message, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        print(f"driving {args.command}: error: {disk_full_message(exc, getattr(args, 'out', None))}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
