@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from driving.evaluate import write_json_atomic
 from driving.metrics import mean_ci95
-from driving.report import PLOT_METRICS, _atomic_write_text, _fmt
+from driving.report import PLOT_METRICS, _fmt
+from policies.atomicio import atomic_save_figure, atomic_write_json, atomic_write_text
 
 #: Metrics compared (per-episode key, label, format); crashes are per episode here.
 COMPARE_METRICS = (
@@ -108,8 +108,8 @@ def compare(report_dirs: list[str | Path], out_dir: str | Path, plots: bool = Tr
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "compare.json", data)
-    _atomic_write_text(out / "compare.md", _markdown(data))
+    atomic_write_json(out / "compare.json", data)  # NaN (no finite value) is written as null
+    atomic_write_text(out / "compare.md", _markdown(data))
     if plots:
         plot_compare(labels, reports, out)
     return data
@@ -188,7 +188,9 @@ def plot_compare(labels: list[str], reports: list[dict], out: Path) -> list[Path
                    ncol=min(6, len(leg)), fontsize=8)
         fig.tight_layout(rect=(0, 0, 1, 0.86))
         p = out / f"compare_{key}.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
+        try:
+            atomic_save_figure(p, fig, dpi=100)
+        finally:
+            plt.close(fig)
         written.append(p)
     return written

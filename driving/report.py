@@ -6,8 +6,6 @@ regenerate it); plots use matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import cv2
 import numpy as np
 
 from driving import corruptions as C
+from policies.atomicio import atomic_save_figure, atomic_write_png, atomic_write_text
 
 #: (key in a result row, axis label, short column title, format) for tables and plots.
 PLOT_METRICS = (
@@ -66,14 +65,6 @@ def results_table(rows: Sequence[dict], label: str | None = None) -> list[str]:
     return lines
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_markdown(report: dict, path: Path) -> None:
     s = report.get("settings", {})
     lines = [
@@ -101,7 +92,7 @@ def write_markdown(report: dict, path: Path) -> None:
             "",
         ]
     lines += ["Plots: `robustness.png` (all metrics), `plots/*.png`; frames: `contact_sheet.png`.", ""]
-    _atomic_write_text(Path(path), "\n".join(lines))
+    atomic_write_text(Path(path), "\n".join(lines))
 
 
 def _curves(rows: Sequence[dict], key: str) -> dict[str, tuple[list[int], list[float], list[float | None]]]:
@@ -168,8 +159,10 @@ def plot_report(report: dict, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = out_dir / "plots" / f"{key}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
+        try:
+            atomic_save_figure(p, fig, dpi=110)
+        finally:
+            plt.close(fig)
         written.append(p)
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
     for ax, (key, label, _, _) in zip(axes.ravel(), PLOT_METRICS):
@@ -181,8 +174,10 @@ def plot_report(report: dict, out_dir: Path) -> list[Path]:
                ncol=min(8, len(labels)), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.91))
     p = out_dir / "robustness.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_save_figure(p, fig, dpi=100)
+    finally:
+        plt.close(fig)
     written.append(p)
     return written
 
@@ -213,13 +208,4 @@ def contact_sheet(frame: np.ndarray, depth: np.ndarray, names: Sequence[str], se
 
 def save_contact_sheet(path: Path, frame: np.ndarray, depth: np.ndarray, names: Sequence[str],
                        seed: int = 0) -> Path:
-    sheet = contact_sheet(frame, depth, names, seed=seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    if not cv2.imwrite(tmp, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        os.unlink(tmp)
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_png(Path(path), contact_sheet(frame, depth, names, seed=seed))

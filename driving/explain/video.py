@@ -504,9 +504,7 @@ class FrameWriter:
 
 
 def write_png(path: str, frame: np.ndarray) -> None:
-    """Save one RGB frame as PNG atomically."""
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    ok = cv2.imwrite(tmp, np.ascontiguousarray(frame[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise ValueError(f"could not write {path!r}")
-    os.replace(tmp, path)
+    """Save one RGB frame as PNG atomically (policies.atomicio: no partial or temp file left)."""
+    from policies.atomicio import atomic_write_png
+
+    atomic_write_png(path, frame, compression=9)
