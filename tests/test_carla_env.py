@@ -117,7 +117,12 @@ class Actor:
         world.next_id += 1
         self.id, self.world, self.bp, self.parent = world.next_id, world, bp, parent
         self.tf = Transform(Vec(tf.location.x, tf.location.y), Rotation(yaw=tf.rotation.yaw))
+        self.spawn_tf = tf  # as the env built it (a real carla.Transform in real-types mode)
         self.speed, self.control, self.callback, self.autopilot = 0.0, VehicleControl(), None, False
+        if world.real_types and bp.id.startswith("vehicle"):
+            import carla
+
+            self.bounding_box = carla.BoundingBox(carla.Location(0, 0, 0.7), carla.Vector3D(2.4, 1.05, 0.75))
 
     def destroy(self):
         self.world.destroyed.append(self.id)
@@ -166,6 +171,7 @@ class World:
     def __init__(self):
         self.settings, self.applied, self.actors, self.destroyed = Settings(), [], [], []
         self.next_id, self.frame, self.fail_on_tick, self.weather = 0, 0, None, None
+        self.real_types = False
 
     def get_settings(self):
         return Settings(self.settings.synchronous_mode, self.settings.fixed_delta_seconds)
@@ -226,7 +232,11 @@ class Server:
             setattr(self.tm, name, lambda *a, n=name: self.tm.calls.append(n))
 
 
-def fake_carla(server):
+def fake_carla(server, real_types=False):
+    """A `carla` module whose Client talks to `server`; with `real_types` every value type
+    (Location, Transform, VehicleControl, WeatherParameters presets, enums) is the real
+    client's, so the env is exercised against the real API and only the server is faked."""
+
     class Client:
         def __init__(self, host, port):
             self.where = f"{host}:{port}"
@@ -254,6 +264,15 @@ def fake_carla(server):
         def get_trafficmanager(self, port):
             return server.tm
 
+    if real_types:
+        import carla
+
+        return types.SimpleNamespace(
+            Client=Client, Location=carla.Location, Vector3D=carla.Vector3D,
+            Rotation=carla.Rotation, Transform=carla.Transform,
+            VehicleControl=carla.VehicleControl, WeatherParameters=carla.WeatherParameters,
+            LaneType=carla.LaneType, LaneMarkingType=carla.LaneMarkingType,
+        )  # fmt: skip
     return types.SimpleNamespace(
         Client=Client, Location=Vec, Vector3D=Vec, Rotation=Rotation, Transform=Transform,
         VehicleControl=VehicleControl, WeatherParameters=FakeWeather,
@@ -262,10 +281,18 @@ def fake_carla(server):
     )  # fmt: skip
 
 
-@pytest.fixture
-def server(monkeypatch):
+_REAL = pytest.param(
+    True, id="real-types",
+    marks=pytest.mark.skipif(not HAS_CARLA, reason="carla client not installed (dev extras)"),
+)  # fmt: skip
+
+
+@pytest.fixture(params=[pytest.param(False, id="fake-types"), _REAL])
+def server(monkeypatch, request):
+    """A fake server; run once with fake value types and once with the real client's."""
     srv = Server()
-    monkeypatch.setattr(carla_env, "_import_carla", lambda: fake_carla(srv))
+    srv.real_types = srv.world.real_types = request.param
+    monkeypatch.setattr(carla_env, "_import_carla", lambda: fake_carla(srv, request.param))
     return srv
 
 
@@ -416,6 +443,60 @@ def test_weather_with_the_real_client():
     assert "ClearNoon" in carla_weather.preset_names(carla.WeatherParameters)
 
 
+@pytest.mark.skipif(not HAS_CARLA, reason="carla client not installed")
+def test_weather_fields_and_presets_match_the_real_client():
+    import carla
+
+    wp = carla.WeatherParameters()
+    for f in carla_weather.WEATHER_FIELDS:  # every field we copy exists, as a float
+        assert isinstance(getattr(wp, f), float), f
+    names = carla_weather.preset_names(carla.WeatherParameters)
+    for name in ("ClearNoon", "CloudyNoon", "WetNoon", "HardRainNoon", "ClearSunset",
+                 "SoftRainSunset", "ClearNight"):
+        assert name in names
+    for name in names:
+        preset = carla_weather.get_preset(carla.WeatherParameters, name)
+        before = carla_weather.weather_dict(preset)
+        for corruption in carla_weather.NATIVE_CORRUPTIONS:
+            w = carla_weather.weather_for(preset, corruption, 5)
+            assert isinstance(w, carla.WeatherParameters)
+            assert w.scattering_intensity == pytest.approx(before["scattering_intensity"])
+        assert carla_weather.weather_dict(preset) == before  # the shared preset is untouched
+    assert set(carla_weather.weather_dict(wp)) == set(carla_weather.WEATHER_FIELDS)
+    with pytest.raises(ValueError, match="unknown CARLA weather preset"):
+        carla_weather.get_preset(carla.WeatherParameters, "ClearMorning")
+
+
+@pytest.mark.skipif(not HAS_CARLA, reason="carla client not installed")
+def test_vehicle_geometry_from_the_real_physics_control():
+    import carla
+
+    def wheel(x, y):  # positions in centimetres, as the server reports them
+        return carla.WheelPhysicsControl(max_steer_angle=70.0, position=carla.Vector3D(x, y, 30.0))
+
+    pc = carla.VehiclePhysicsControl(wheels=[wheel(150, -80), wheel(150, 80), wheel(-140, -80), wheel(-140, 80)])
+    wheelbase, max_steer = carla_env.vehicle_geometry(pc)
+    assert wheelbase == pytest.approx(2.9) and max_steer == pytest.approx(math.radians(70.0))
+
+
+def test_sensors_are_mounted_with_our_camera_convention(server):
+    env = CarlaEnv(**{**SMALL, "camera": {"height": 6, "width": 8, "pitch_deg": 5.0, "height_m": 1.4}})
+    env.reset(seed=0)
+    cams = [a for a in server.world.actors if a.bp.id.startswith("sensor.camera")]
+    assert len(cams) == 2
+    for a in cams:
+        tf = a.spawn_tf
+        if server.real_types:
+            import carla
+
+            assert isinstance(tf, carla.Transform)
+        # CARLA pitch > 0 looks up; ours > 0 looks down
+        assert tf.rotation.pitch == pytest.approx(-5.0) and tf.location.z == pytest.approx(1.4)
+        assert tf.location.x == pytest.approx(0.8) and a.bp.attrs["fov"] in ("60.0", 60.0, "60")
+        assert int(a.bp.attrs["image_size_x"]) == 8 and int(a.bp.attrs["image_size_y"]) == 6
+    env.close()
+
+
 # ----------------------------------------------------------------------------- configuration
 
 
@@ -534,7 +615,8 @@ def test_carla_env_satisfies_the_driving_env_contract(server):
     assert cam["height"] == 6 and cam["width"] == 8 and cam["forward_m"] == 0.8
     obs, info = env.reset(seed=1)
     assert set(REQUIRED_INFO_KEYS) <= set(info)
-    assert info["car_width_m"] == 2.0  # the fakes have no bounding box: the default
+    # real types: the car's width from its carla.BoundingBox; fake types: the default
+    assert info["car_width_m"] == pytest.approx(2.1 if server.real_types else 2.0)
     for _ in range(5):
         _, _, _, _, info = env.step(np.array([0.2], np.float32))
     assert set(REQUIRED_INFO_KEYS) <= set(info)
