@@ -1,31 +1,36 @@
 """Closed-loop evaluation under corruptions and timing faults → report.json / report.md / plots.
 
-The policy drives the env with its recurrent state carried from frame to frame; each
-camera frame is corrupted (using the env's depth map) before the policy sees it. When the
-car leaves the road or collides it counts a crash, ``env.unwrapped.recover()`` puts it
-back on the lane centre and the run goes on — the paper counted manual recoveries the
-same way. Episodes (corruption × severity × episode) are independent tasks run in worker
-processes; every task's randomness comes from seeds derived from ``seed``, the corruption,
-severity and episode index, so the same seed gives the same report whatever the number of
-workers. The same episodes (same env seeds) are used for every corruption: conditions are
-paired. The expert drives the clean episodes and the timing-fault ones as a reference
-(image corruptions do not reach it: it steers from privileged lane state).
+The policy drives the env through the shared closed-loop drive (`driving.rollout`): its
+recurrent state is carried from frame to frame, each camera frame is corrupted (using the
+env's depth map) before the policy sees it, and an intervention (`driving.interventions`:
+collision, off-road, or under the default ``strict`` rule a lane invasion) is counted, the
+car put back on the lane centre and the run goes on — the paper counted manual recoveries
+the same way. Episodes (condition × episode) are independent tasks; every task's randomness
+comes from seeds derived from ``seed``, the condition and the episode index, so the same
+seed gives the same report whatever the number of workers. The same episodes (same env
+seeds) are used for every condition: conditions are paired. The expert drives the clean
+episodes and the timing-fault ones as a reference (image corruptions do not reach it: it
+steers from privileged lane state).
+
+Lock-step batching (``batch_episodes`` K > 1): a worker drives K episodes side by side and
+runs ONE batched policy step (CNN + core) for all of them; each episode keeps its own env,
+corruption stream, recoveries, dropped frames and end, and a finished episode's slot is
+refilled with the next task of its chunk. Tasks are cut into fixed chunks in task order
+and the policy always runs on K rows (idle rows are padded), so a task's numbers do not
+depend on the number of workers.
 
 Timing faults: under ``dropped_frames`` a dropped frame never reaches the policy, which
 holds its last action; the next delivered frame comes with the true elapsed time since the
 previous delivered one. Under ``jitter`` the world advances by a random interval
-(``env.unwrapped.advance``). Policies with ``uses_time`` get the true elapsed seconds;
-the others get only the frames.
+(`DrivingEnv.advance`). Policies with ``uses_time`` get the true elapsed seconds; the
+others get only the frames.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,10 +40,23 @@ from typing import Any
 import numpy as np
 
 from driving import corruptions as C
-from driving.metrics import EpisodeRecorder, aggregate, lane_departure_threshold
+from driving.conditions import CLEAN, Condition, parse_conditions
+from driving.interventions import (
+    DEFAULT_CAR_WIDTH_M,
+    DEFAULT_LANE_INVASION_M,
+    DEFAULT_LANE_WIDTH_M,
+    RULES,
+    STRICT,
+    InterventionRule,
+)
+from driving.metrics import INTERVENTION_PENALTY_S, aggregate, fold_steps, lane_departure_threshold
+from driving.rollout import Episode, ExpertActor, PolicyActor, Step, drive
+from envs.contract import as_driving_env
+from envs.contract import make_env as make_driving_env
+from policies.atomicio import atomic_write_json, jsonable
 
-DEFAULT_LANE_WIDTH_M = 4.0  # highway-env's default lane width
-DEFAULT_CAR_WIDTH_M = 2.0  # highway-env's Vehicle.WIDTH
+DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16")
 
 
 # ------------------------------------------------------------------------------ spec
@@ -46,7 +64,11 @@ DEFAULT_CAR_WIDTH_M = 2.0  # highway-env's Vehicle.WIDTH
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """Everything that determines an evaluation (and so its report)."""
+    """Everything that determines an evaluation (and so its report).
+
+    ``corruptions`` items are names (every severity of ``severities``) or conditions in the
+    `driving.conditions` text form (``fog:3``, ``noise:3-5``); `conditions` is the list.
+    """
 
     checkpoint: str | None
     env_id: str
@@ -57,23 +79,48 @@ class EvalSpec:
     steps: int = 300
     seed: int = 0
     expert_reference: bool = True
+    intervention: str = "strict"
+    lane_invasion_m: float = DEFAULT_LANE_INVASION_M
+    batch_episodes: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
     # Test hooks: picklable zero-argument callables that build the policy / env instead of
-    # loading ``checkpoint`` / ``gym.make(env_id)``.
+    # loading ``checkpoint`` / ``make_env(env_id)``.
     policy_factory: Callable[[], Any] | None = None
     env_factory: Callable[[], Any] | None = None
 
     def validate(self) -> None:
-        if self.episodes < 1:
-            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
-        if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        for name in self.corruptions:
-            if name not in C.all_names():
-                raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(C.all_names())}")
+        """Every check of the spec, in one place (commands only parse text)."""
+        if isinstance(self.episodes, bool) or not isinstance(self.episodes, int) or self.episodes < 1:
+            raise ValueError(f"episodes must be an integer >= 1, got {self.episodes!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if not self.severities:
-            raise ValueError("no severities given; e.g. --severities 1,2,3,4,5")
+            raise ValueError("no severities given; e.g. 1,2,3,4,5")
         for s in self.severities:
             C.check_severity(s)
+        if not self.corruptions:
+            raise ValueError("no corruption given; e.g. none,fog,rain,noise")
+        self.conditions  # noqa: B018  (parses and checks every item)
+        if self.intervention not in RULES:
+            raise ValueError(f"intervention rule {self.intervention!r} does not exist; choose strict or lenient")
+        self.rule  # noqa: B018  (checks lane_invasion_m)
+        if (isinstance(self.batch_episodes, bool) or not isinstance(self.batch_episodes, int)
+                or self.batch_episodes < 1):
+            raise ValueError(f"batch_episodes must be an integer >= 1 (episodes driven side by side), "
+                             f"got {self.batch_episodes!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} does not exist; choose cpu, cuda or auto")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} does not exist; choose fp32 or bf16")
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return parse_conditions(",".join(self.corruptions), self.severities)
+
+    @property
+    def rule(self) -> InterventionRule:
+        return InterventionRule(self.intervention, float(self.lane_invasion_m))
 
 
 @dataclass(frozen=True)
@@ -83,18 +130,14 @@ class Task:
     severity: int
     episode: int
 
+    @property
+    def condition(self) -> Condition:
+        return CLEAN if self.corruption == "none" else Condition(self.corruption, int(self.severity))
+
 
 def conditions(spec: EvalSpec) -> list[tuple[str, int]]:
-    """(corruption, severity) pairs: ``none`` once at 0; the others at each severity."""
-    out: list[tuple[str, int]] = []
-    for name in spec.corruptions:
-        if name == "none":
-            out.append(("none", 0))
-        else:
-            out.extend((name, s) for s in spec.severities if s > 0)
-            if 0 in spec.severities and ("none", 0) not in out:
-                out.insert(0, ("none", 0))
-    return out
+    """(corruption, severity) pairs of the spec, clean first."""
+    return [(c.corruption, c.severity) for c in spec.conditions]
 
 
 def expert_conditions(spec: EvalSpec) -> list[tuple[str, int]]:
@@ -112,7 +155,7 @@ def tasks(spec: EvalSpec) -> list[Task]:
 
 
 def episode_seed(seed: int, episode: int) -> int:
-    """Env seed of episode ``episode``: shared by every corruption (paired conditions)."""
+    """Env seed of episode ``episode``: shared by every condition (paired conditions)."""
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
@@ -123,73 +166,21 @@ def fault_rng(seed: int, task: Task) -> np.random.Generator:
 
 # ------------------------------------------------------------------------------ drivers
 
-
-class PolicyDriver:
-    """Runs a `policies.Policy` one frame at a time, carrying its state."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.uses_time = bool(getattr(policy, "uses_time", False))
-        self.h = None
-
-    def reset(self) -> None:
-        self.h = self.policy.initial_state(1)
-
-    def act(self, frame: np.ndarray, dt_s: float, info: dict) -> float:
-        steering, self.h = self.policy.step(frame, self.h, dt_s if self.uses_time else None)
-        return float(np.asarray(steering, dtype=np.float64).reshape(-1)[0])
-
-
-class ExpertDriver:
-    """The privileged expert (``info["expert_steering"]``), acting at frame arrivals."""
-
-    uses_time = False
-
-    def reset(self) -> None:
-        pass
-
-    def act(self, frame: np.ndarray, dt_s: float, info: dict) -> float:
-        return float(info["expert_steering"])
+#: The actors of `driving.rollout` under the names evaluation has always used.
+PolicyDriver = PolicyActor
+ExpertDriver = ExpertActor
 
 
 # ------------------------------------------------------------------------------ episode
 
 
-def _lane_threshold(env: Any, info: dict | None = None) -> float:
-    """Half lane width minus half car width: ``info["lane_width_m"]`` / ``info["car_width_m"]``
-    if the env reports them, else its vehicle's lane and size, else highway-env defaults."""
-    u = getattr(env, "unwrapped", env)
-    lane_w, car_w = DEFAULT_LANE_WIDTH_M, DEFAULT_CAR_WIDTH_M
-    vehicle = getattr(u, "vehicle", None)
+def lane_threshold(info: dict | None = None) -> float:
+    """Lane-departure threshold: half lane width minus half car width, from the env's
+    ``info["lane_width_m"]`` / ``info["car_width_m"]`` (highway-env defaults otherwise)."""
     info = info or {}
-    if "lane_width_m" in info:
-        lane_w = float(info["lane_width_m"])
-        car_w = float(info.get("car_width_m", getattr(vehicle, "WIDTH", car_w)))
-    elif getattr(u, "track", None) is not None and hasattr(u.track, "lane_width"):
-        lane_w = float(u.track.lane_width)  # liquid_drive envs: the track's lane width
-        car_w = float(getattr(getattr(u, "ego", None), "WIDTH", car_w))
-    elif vehicle is not None:
-        car_w = float(getattr(vehicle, "WIDTH", car_w))
-        lane = getattr(vehicle, "lane", None)
-        if lane is not None and hasattr(lane, "width_at") and hasattr(lane, "local_coordinates"):
-            try:
-                s, _ = lane.local_coordinates(vehicle.position)
-                lane_w = float(lane.width_at(s))
-            except Exception:  # an exotic lane: keep the documented default
-                pass
+    lane_w = float(info.get("lane_width_m", DEFAULT_LANE_WIDTH_M))
+    car_w = float(info.get("car_width_m", DEFAULT_CAR_WIDTH_M))
     return lane_departure_threshold(lane_w, car_w)
-
-
-def _nominal_dt(env: Any, info: dict) -> float:
-    dt = info.get("dt_s")
-    if dt:
-        return float(dt)
-    cfg = getattr(getattr(env, "unwrapped", env), "config", {}) or {}
-    return 1.0 / float(cfg.get("policy_frequency", 10))
-
-
-def _crashed(info: dict) -> bool:
-    return bool(info.get("crashed", False)) or not bool(info.get("on_road", True))
 
 
 def run_episode(
@@ -201,53 +192,126 @@ def run_episode(
     env_seed: int,
     rng: np.random.Generator,
     frame_hook: Callable[[np.ndarray], None] | None = None,
+    rule: InterventionRule = STRICT,
 ) -> dict:
-    """Drive one closed-loop episode of ``steps`` control steps; per-episode metrics.
+    """Drive one closed-loop episode of ``steps`` control steps (`driving.rollout.drive`)
+    and fold its steps into per-episode metrics.
 
     ``frame_hook`` (optional) sees every frame the driver receives (after corruption).
     """
-    obs, info = env.reset(seed=env_seed)
-    nominal = _nominal_dt(env, info)
-    rec = EpisodeRecorder(_lane_threshold(env, info))
-    driver.reset()
-    image_corruption = corruption in C.CORRUPTIONS and severity > 0
-    use_advance = corruption in C.TIMING_FAULTS and corruption == "jitter" and severity > 0
-    gap = nominal  # elapsed since the previous delivered frame (the first: one interval)
-    action = 0.0
-    prev_distance = float(info.get("distance_m", 0.0))
-    held = 0
-    for k in range(steps):
-        timing = C.timing_step(corruption, severity, rng, nominal)
-        if timing.delivered or k == 0:
-            frame = obs["image"]
-            if image_corruption:
-                frame = C.apply(corruption, frame, info["depth"], severity, rng)
-            if frame_hook is not None:
-                frame_hook(frame)
-            action = float(np.clip(driver.act(frame, gap, info), -1.0, 1.0))
-            gap = 0.0
-        else:
-            held += 1
-        act = np.array([action], dtype=np.float32)
-        if use_advance:
-            obs, _, terminated, truncated, info = env.unwrapped.advance(act, timing.dt_s)
-        else:
-            obs, _, terminated, truncated, info = env.step(act)
-        dt = float(info.get("dt_s") or timing.dt_s)
-        gap += dt
-        distance = float(info.get("distance_m", prev_distance))
-        rec.step(info["cross_track_m"], distance - prev_distance, dt, action)
-        prev_distance = distance
-        if _crashed(info):
-            rec.crash()
-            obs, info = env.unwrapped.recover()
-            prev_distance = float(info.get("distance_m", prev_distance))
-        elif truncated or terminated:
-            break  # the env's own end (time limit): the episode is shorter, metrics still hold
-    out = rec.summary()
+    cond = CLEAN if corruption == "none" else Condition(corruption, int(severity))
+    run = drive(as_driving_env(env), driver, steps, seed=env_seed, condition=cond, rng=rng, rule=rule)
+    if frame_hook is not None:
+        run = _with_hook(run, frame_hook)
+    out = fold_steps(run, lambda info: lane_threshold(info))
     out["seed"] = int(env_seed)
-    out["held_frames"] = held
     return out
+
+
+def _with_hook(run, hook: Callable[[np.ndarray], None]):
+    for st in run:
+        if st.frame is not None:
+            hook(st.frame)
+        yield st
+
+
+# ------------------------------------------------------------------------------ batched
+
+
+def _state_where(mask: Any, new: Any, old: Any) -> Any:
+    """Rows of ``new`` where ``mask`` (B,) is True, else rows of ``old`` (tensor or tuple)."""
+    import torch
+
+    if isinstance(new, (tuple, list)):
+        return type(new)(_state_where(mask, n, o) for n, o in zip(new, old))
+    if not isinstance(new, torch.Tensor) or new.dim() == 0 or new.shape[-1] == 0:
+        return new
+    m = mask.to(new.device).reshape(-1, *([1] * (new.dim() - 1)))
+    return torch.where(m, new, old)
+
+
+class BatchedPolicy:
+    """K rows of one policy's recurrent state; one batched `Policy.step` per lock step."""
+
+    def __init__(self, policy: Any, rows: int) -> None:
+        import torch
+
+        self.policy, self.rows = policy, int(rows)
+        self.uses_time = bool(getattr(policy, "uses_time", False))
+        self.h = policy.initial_state(self.rows)
+        self._zero = policy.initial_state(self.rows)
+        self._torch = torch
+
+    def reset_rows(self, rows: list[int]) -> None:
+        if not rows:
+            return
+        mask = self._torch.zeros(self.rows, dtype=self._torch.bool)
+        mask[rows] = True
+        self.h = _state_where(mask, self._zero, self.h)
+
+    def act(self, frames: np.ndarray, dts: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Steering for all K rows (frames (K,H,W,3), dts (K,) s); only ``active`` rows'
+        state moves on."""
+        torch = self._torch
+        with torch.no_grad():
+            dt = torch.as_tensor(dts, dtype=torch.float32) if self.uses_time else None
+            steer, h_new = self.policy.step(frames, self.h, dt)
+            mask = torch.as_tensor(active, dtype=torch.bool)
+            self.h = _state_where(mask, h_new, self.h)
+        return np.asarray(torch.as_tensor(steer, dtype=torch.float32).reshape(-1).cpu(), dtype=np.float64)
+
+
+def run_chunk_batched(envs: list[Any], policy: Any, chunk: list[Task], spec: EvalSpec) -> list[dict]:
+    """Drive a chunk of policy tasks K = len(envs) at a time in lock step; one result per task."""
+    k = len(envs)
+    batch = BatchedPolicy(policy, k)
+    rule = spec.rule
+    queue = list(range(len(chunk)))
+    slots: list[tuple[int, Episode, list[Step]] | None] = [None] * k
+    results: list[dict | None] = [None] * len(chunk)
+    hw = None
+
+    def refill(slot: int) -> None:
+        if not queue:
+            slots[slot] = None
+            return
+        ti = queue.pop(0)
+        t = chunk[ti]
+        ep = Episode(envs[slot], spec.steps, seed=episode_seed(spec.seed, t.episode), condition=t.condition,
+                     rng=fault_rng(spec.seed, t), rule=rule)
+        slots[slot] = (ti, ep, [])
+
+    for s in range(k):
+        refill(s)
+    batch.reset_rows([s for s in range(k) if slots[s] is not None])
+    while any(slot is not None for slot in slots):
+        requests = [None if slot is None else slot[1].request() for slot in slots]
+        if hw is None:
+            first = next(r for r in requests if r is not None)
+            hw = first.frame.shape
+        frames = np.zeros((k, *hw), dtype=np.uint8)
+        dts = np.full(k, 0.1, dtype=np.float32)
+        active = np.zeros(k, dtype=bool)
+        for s, r in enumerate(requests):
+            if r is not None:
+                frames[s] = r.frame
+                dts[s] = r.dt_s
+                active[s] = True
+        actions = batch.act(frames, dts, active) if active.any() else np.zeros(k)
+        ended: list[int] = []
+        for s, slot in enumerate(slots):
+            if slot is None:
+                continue
+            ti, ep, steps = slot
+            steps.append(ep.advance(float(actions[s]) if requests[s] is not None else None))
+            if ep.done:
+                out = fold_steps(steps, lambda info: lane_threshold(info))
+                out["seed"] = int(ep.seed)
+                results[ti] = out
+                refill(s)
+                ended.append(s)
+        batch.reset_rows([s for s in ended if slots[s] is not None])
+    return [r for r in results if r is not None]
 
 
 # ------------------------------------------------------------------------------ workers
@@ -256,22 +320,22 @@ _WORKER: dict[str, Any] = {}
 
 
 def make_env(spec: EvalSpec) -> Any:
+    """The spec's env as a checked `envs.contract.DrivingEnv`."""
     if spec.env_factory is not None:
-        return spec.env_factory()
-    import gymnasium as gym
+        return as_driving_env(spec.env_factory())
+    return make_driving_env(spec.env_id, spec.env_kwargs, max_steps=spec.steps + 1)
 
-    import envs  # noqa: F401  (registers liquid_drive/* ids)
 
-    kwargs = dict(spec.env_kwargs)
-    try:
-        env = gym.make(spec.env_id, max_episode_steps=spec.steps + 1, **kwargs)
-    except gym.error.Error as exc:
-        raise ValueError(f"cannot make env {spec.env_id!r}: {exc}") from exc
-    cfg = getattr(env.unwrapped, "config", None)
-    if isinstance(cfg, dict) and "max_steps" in cfg and "max_steps" not in kwargs:
-        # The env's own truncation must not cut an episode shorter than --steps.
-        cfg["max_steps"] = max(int(cfg["max_steps"]), spec.steps + 1)
-    return env
+def resolve_device(device: str) -> str:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without CUDA → ValueError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (torch.cuda.is_available() "
+                         "is False); use --device cpu or auto")
+    return device
 
 
 def load_policy(spec: EvalSpec) -> tuple[Any, dict]:
@@ -282,7 +346,25 @@ def load_policy(spec: EvalSpec) -> tuple[Any, dict]:
 
     policy, config = _load(spec.checkpoint)
     policy.eval()
+    device = resolve_device(spec.device)
+    if device != "cpu":
+        policy.to(device)
+    if spec.precision == "bf16":
+        _set_bf16(policy, device)
     return policy, config
+
+
+def _set_bf16(policy: Any, device: str) -> None:
+    """bf16 autocast for the CNN (the liquid cores stay fp32), where the hardware has it."""
+    from policies import policy as P
+
+    supports = getattr(P, "supports_bf16", None)
+    if supports is not None and not supports(device):
+        raise ValueError(f"--precision bf16: this {device} has no native bf16; use --precision fp32")
+    setter = getattr(policy, "set_precision", None)
+    if setter is None:
+        raise ValueError("--precision bf16 needs a policy with set_precision (this checkpoint's policy has none)")
+    setter("bf16")
 
 
 def _init_worker(spec: EvalSpec) -> None:
@@ -291,30 +373,54 @@ def _init_worker(spec: EvalSpec) -> None:
     torch.set_num_threads(1)
     _WORKER.clear()
     _WORKER["spec"] = spec
-    _WORKER["env"] = make_env(spec)
+    _WORKER["envs"] = [make_env(spec) for _ in range(max(1, spec.batch_episodes))]
     policy, _ = load_policy(spec)
-    _WORKER["policy"] = PolicyDriver(policy)
-    _WORKER["expert"] = ExpertDriver()
+    _WORKER["policy"] = policy
+    _WORKER["actor"] = PolicyActor(policy)
+    _WORKER["expert"] = ExpertActor()
 
 
-def _run_task(item: tuple[int, Task]) -> tuple[int, dict]:
-    index, task = item
+def _run_chunk(item: tuple[int, list[Task]]) -> tuple[int, list[dict]]:
+    """One chunk of tasks: policy tasks in lock step (K > 1) or one by one; expert tasks one
+    by one (the expert needs no batched network)."""
+    index, chunk = item
     spec: EvalSpec = _WORKER["spec"]
-    driver = _WORKER["policy"] if task.driver == "policy" else _WORKER["expert"]
-    result = run_episode(
-        _WORKER["env"], driver, task.corruption, task.severity, spec.steps,
-        episode_seed(spec.seed, task.episode), fault_rng(spec.seed, task),
-    )
-    return index, result
+    envs = _WORKER["envs"]
+    rule = spec.rule
+    if spec.batch_episodes > 1 and chunk[0].driver == "policy":
+        return index, run_chunk_batched(envs, _WORKER["policy"], chunk, spec)
+    out = []
+    for task in chunk:
+        driver = _WORKER["actor"] if task.driver == "policy" else _WORKER["expert"]
+        out.append(run_episode(envs[0], driver, task.corruption, task.severity, spec.steps,
+                               episode_seed(spec.seed, task.episode), fault_rng(spec.seed, task), rule=rule))
+    return index, out
+
+
+def chunks(spec: EvalSpec, task_list: list[Task]) -> list[list[Task]]:
+    """Fixed chunks in task order (one driver per chunk), independent of the worker count.
+
+    One task per chunk without batching; with K-episode batching, chunks of 4·K policy tasks
+    (refills keep the K rows busy) so that several workers still share the work.
+    """
+    size = 1 if spec.batch_episodes <= 1 else 4 * spec.batch_episodes
+    out: list[list[Task]] = []
+    for t in task_list:
+        if out and len(out[-1]) < size and out[-1][0].driver == t.driver and t.driver == "policy":
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
 
 
 def run_tasks(spec: EvalSpec, task_list: list[Task], workers: int = 1, progress: bool = True) -> list[dict]:
-    """Run tasks (in order of ``task_list`` in the result) on ``workers`` processes."""
+    """Run tasks (results in the order of ``task_list``) on ``workers`` processes."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(task_list), desc="eval episodes", unit="ep", disable=not progress, file=sys.stderr)
-    results: list[dict | None] = [None] * len(task_list)
-    items = list(enumerate(task_list))
+    parts = chunks(spec, task_list)
+    results: list[list[dict] | None] = [None] * len(parts)
+    items = list(enumerate(parts))
     try:
         if workers <= 1:
             import torch
@@ -323,9 +429,9 @@ def run_tasks(spec: EvalSpec, task_list: list[Task], workers: int = 1, progress:
             _init_worker(spec)
             try:
                 for item in items:
-                    i, r = _run_task(item)
+                    i, r = _run_chunk(item)
                     results[i] = r
-                    bar.update()
+                    bar.update(len(r))
             finally:
                 _WORKER.clear()
                 torch.set_num_threads(threads)
@@ -333,28 +439,15 @@ def run_tasks(spec: EvalSpec, task_list: list[Task], workers: int = 1, progress:
             method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             ctx = mp.get_context(method)
             with ctx.Pool(min(workers, len(items)), initializer=_init_worker, initargs=(spec,)) as pool:
-                for i, r in pool.imap_unordered(_run_task, items, chunksize=1):
+                for i, r in pool.imap_unordered(_run_chunk, items, chunksize=1):
                     results[i] = r
-                    bar.update()
+                    bar.update(len(r))
     finally:
         bar.close()
-    return [r for r in results if r is not None]
+    return [r for part in results if part is not None for r in part]
 
 
 # ------------------------------------------------------------------------------ top level
-
-
-def _image_hw_of_env(env: Any) -> tuple[int, int] | None:
-    cfg = getattr(getattr(env, "unwrapped", env), "config", None) or {}
-    cam = cfg.get("camera") if isinstance(cfg, dict) else None
-    if isinstance(cam, dict) and "height" in cam and "width" in cam:
-        return int(cam["height"]), int(cam["width"])
-    space = getattr(env, "observation_space", None)
-    try:
-        shape = space["image"].shape
-        return int(shape[0]), int(shape[1])
-    except Exception:
-        return None
 
 
 def check_camera(env: Any, image_hw: Any, env_id: str) -> None:
@@ -362,8 +455,8 @@ def check_camera(env: Any, image_hw: Any, env_id: str) -> None:
     if not image_hw:
         return
     want = tuple(int(v) for v in image_hw)
-    got = _image_hw_of_env(env)
-    if got is not None and got != want:
+    got = tuple(as_driving_env(env).image_hw)
+    if got != want:
         raise ValueError(
             f"env {env_id} renders {got[0]}x{got[1]} frames but the checkpoint was trained on "
             f"{want[0]}x{want[1]}; pass --env-config '{{\"camera\": {{\"height\": {want[0]}, "
@@ -373,31 +466,16 @@ def check_camera(env: Any, image_hw: Any, env_id: str) -> None:
 
 def contact_frame(spec: EvalSpec, env: Any, warmup_steps: int = 15) -> tuple[np.ndarray, np.ndarray]:
     """A representative clean frame and its depth: episode 0, after the expert drove a bit."""
-    obs, info = env.reset(seed=episode_seed(spec.seed, 0))
-    for _ in range(warmup_steps):
-        a = np.array([float(np.clip(info.get("expert_steering", 0.0), -1, 1))], dtype=np.float32)
-        obs, _, term, trunc, info = env.step(a)
-        if _crashed(info):
-            obs, info = env.unwrapped.recover()
-        if term or trunc:
-            break
-    return np.array(obs["image"]), np.array(info["depth"], dtype=np.float32)
+    ep = Episode(as_driving_env(env), warmup_steps, seed=episode_seed(spec.seed, 0), rule=spec.rule)
+    expert = ExpertActor()
+    while not ep.done:
+        req = ep.request()
+        ep.advance(None if req is None else expert.act(req.frame, req.dt_s, req.info))
+    return np.array(ep.obs["image"]), np.array(ep.info["depth"], dtype=np.float32)
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def build_report(spec: EvalSpec, policy_name: str, task_list: list[Task], results: list[dict], threshold_m: float) -> dict:
+def build_report(spec: EvalSpec, policy_name: str, task_list: list[Task], results: list[dict],
+                 threshold_m: float) -> dict:
     """Aggregate per-episode results into the report.json structure (DESIGN.md §5 + extras)."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for t, r in zip(task_list, results):
@@ -422,25 +500,20 @@ def build_report(spec: EvalSpec, policy_name: str, task_list: list[Task], result
         "episode_seeds": [episode_seed(spec.seed, i) for i in range(spec.episodes)],
         "corruptions": list(spec.corruptions),
         "severities": list(spec.severities),
+        "conditions": [c.label() for c in spec.conditions],
         "lane_departure_threshold_m": threshold_m,
-        "intervention_penalty_s": 6.0,
+        **spec.rule.settings(),
+        "intervention_penalty_s": INTERVENTION_PENALTY_S,
+        "batch_episodes": spec.batch_episodes,
+        "precision": spec.precision,
         "definitions": "docs/evaluation.md",
     }
-    return _jsonable(report)
+    return jsonable(report)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """report.json and friends: atomic, indented, never NaN (`policies.atomicio`)."""
+    atomic_write_json(path, obj)
 
 
 def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progress: bool = True,
@@ -451,24 +524,24 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
 
     spec.validate()
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
     policy, config = load_policy(spec)
     env = make_env(spec)
-    cfg = getattr(env.unwrapped, "config", None)
+    cfg = getattr(env, "config", None)
     if (spec.env_factory is None and isinstance(cfg, dict) and cfg.get("split") is not None
             and "split" not in spec.env_kwargs):
         # Score on held-out roads unless the user asks otherwise (--env-config '{"split": ...}').
-        env.close()
+        _close(env)
         spec = replace(spec, env_kwargs={**spec.env_kwargs, "split": "test"})
         env = make_env(spec)
     try:
         check_camera(env, config.get("image_hw") or getattr(policy, "image_hw", None), spec.env_id)
         _, info0 = env.reset(seed=episode_seed(spec.seed, 0))
-        threshold = _lane_threshold(env, info0)
-        sheet_frame = contact_frame(spec, env)
+        threshold = lane_threshold(info0)
+        sheet_frame = contact_frame(spec, env) if plots else None
     finally:
-        env.close()
+        _close(env)
     del policy
     task_list = tasks(spec)
     results = run_tasks(spec, task_list, workers=workers, progress=progress)
@@ -476,7 +549,7 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
     R.write_markdown(report, out / "report.md")
-    if plots:
+    if plots and sheet_frame is not None:
         R.plot_report(report, out)
         # Every image corruption (not only the evaluated ones): a cheap, complete overview.
         R.save_contact_sheet(out / "contact_sheet.png", sheet_frame[0], sheet_frame[1],
@@ -484,4 +557,11 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
     return report
 
 
-__all__ = ["EvalSpec", "Task", "evaluate", "run_episode", "tasks", "conditions", "episode_seed"]
+def _close(env: Any) -> None:
+    close = getattr(env, "close", None)
+    if callable(close):
+        close()
+
+
+__all__ = ["EvalSpec", "Task", "evaluate", "run_episode", "tasks", "conditions", "episode_seed",
+           "run_chunk_batched", "BatchedPolicy"]

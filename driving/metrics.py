@@ -7,9 +7,11 @@ Definitions (also in ``docs/evaluation.md``):
 - lane departure: |cross-track| exceeds ``half lane width − half car width`` (the car's
   edge crosses a lane line), counted once per excursion (rising edge);
   ``lane_departures_per_km`` = departures / km driven.
-- crash: the car leaves the road or collides (``info["on_road"]`` False or
-  ``info["crashed"]``); it is put back on the lane centre and the run goes on (the paper's
-  manual recoveries). Each crash is one intervention.
+- intervention (``crashes`` in report.json, the name kept from the first schema): a
+  collision, leaving the road, or (``strict`` rule, the default) a lane invasion — the
+  car's edge more than ``lane_invasion_m`` past its own lane's line; see
+  `driving.interventions`. The car is put back on the lane centre and the run goes on (the
+  paper's manual recoveries). ``intervention_causes`` counts each cause.
 - ``completion_pct``: distance driven before the first crash / distance driven in the
   episode × 100 — the share of the route that would have been completed had the first
   intervention ended the run (CARLA-style route completion). 100 without crashes.
@@ -23,10 +25,13 @@ Definitions (also in ``docs/evaluation.md``):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from driving.interventions import CAUSES
 
 INTERVENTION_PENALTY_S = 6.0  # PilotNet: each intervention costs 6 s of autonomy
 
@@ -115,6 +120,7 @@ class EpisodeRecorder:
     crashes: int = 0
     distance_before_first_crash_m: float | None = None
     steps: int = 0
+    causes: dict[str, int] = field(default_factory=dict)
     _outside: bool = False
     _prev_steer: float | None = None
     _prev_rate: float | None = None
@@ -142,9 +148,11 @@ class EpisodeRecorder:
             self._prev_rate = rate
         self._prev_steer = steering
 
-    def crash(self) -> None:
-        """An intervention: count it; the recovery restarts departure and steering tracking."""
+    def crash(self, cause: str = "off_road") -> None:
+        """An intervention: count it (by cause); the recovery restarts departure and steering
+        tracking."""
         self.crashes += 1
+        self.causes[cause] = self.causes.get(cause, 0) + 1
         if self.distance_before_first_crash_m is None:
             self.distance_before_first_crash_m = self.distance_m
         self._outside = False
@@ -166,7 +174,32 @@ class EpisodeRecorder:
             "autonomy_pct": autonomy_pct(self.crashes, self.elapsed_s),
             "steering_rate": float(np.mean(self._rates)) if self._rates else 0.0,
             "steering_jerk": float(np.mean(self._jerks)) if self._jerks else 0.0,
+            "intervention_causes": {c: int(self.causes.get(c, 0)) for c in CAUSES},
         }
+
+
+def fold_steps(steps: Iterable[Any],
+               departure_threshold_m: float | Callable[[Mapping[str, Any]], float]) -> dict[str, Any]:
+    """Per-episode metrics of a drive (`driving.rollout.Step` records, in order).
+
+    ``departure_threshold_m`` may be a function of the episode's first ``info`` (the env's
+    lane and car widths are known only once it has been reset).
+    """
+    rec: EpisodeRecorder | None = None
+    held = 0
+    for st in steps:
+        if rec is None:
+            thr = departure_threshold_m(st.info) if callable(departure_threshold_m) else departure_threshold_m
+            rec = EpisodeRecorder(float(thr))
+        rec.step(st.next_info["cross_track_m"], st.distance_m, st.dt_s, st.commanded)
+        held += 0 if st.delivered else 1
+        if st.intervention is not None:
+            rec.crash(st.intervention)
+    if rec is None:
+        raise ValueError("a drive without steps has no metrics")
+    out = rec.summary()
+    out["held_frames"] = held
+    return out
 
 
 def autonomy_pct(interventions: int, elapsed_s: float) -> float:
@@ -198,6 +231,9 @@ def aggregate(corruption: str, severity: int, episodes: list[dict]) -> dict:
     row["distance_m"] = float(sum(per["distance_m"]))
     row["crashes"] = int(sum(e["crashes"] for e in episodes))
     row["crashes_per_episode"] = row["crashes"] / len(episodes)
+    if all("intervention_causes" in e for e in episodes):
+        row["intervention_causes"] = {c: int(sum(e["intervention_causes"].get(c, 0) for e in episodes))
+                                      for c in CAUSES}
     row["ci95"] = ci
     row["per_episode"] = per
     ordered = {k: row[k] for k in SCHEMA_KEYS}

@@ -12,6 +12,7 @@ import pytest
 from driving import corruptions as C
 from driving.cli import main
 from driving.evaluate import EvalSpec, ExpertDriver, PolicyDriver, evaluate, run_episode, tasks
+from driving.interventions import LENIENT
 
 H, W = 24, 64
 
@@ -82,6 +83,22 @@ class ToyLaneEnv:
         self.y, self.psi = 0.0, 0.0
         return self._obs(), self._info(self.dt)
 
+    # envs.contract.DrivingEnv
+    @property
+    def nominal_dt(self) -> float:
+        return self.dt
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return (H, W)
+
+    @property
+    def camera(self) -> dict:
+        return dict(self.config["camera"])
+
+    def expert_action(self) -> float:
+        return float(np.clip(-0.4 * self.y - 1.5 * self.psi, -1, 1))
+
     def close(self) -> None:
         pass
 
@@ -143,8 +160,16 @@ def _left_policy():
 
 def test_crash_and_recover_counting_matches_env():
     env = ToyLaneEnv()
-    out = run_episode(env, PolicyDriver(ScriptedPolicy(1.0)), "none", 0, 200, 3, np.random.default_rng(0))
+    out = run_episode(env, PolicyDriver(ScriptedPolicy(1.0)), "none", 0, 200, 3, np.random.default_rng(0),
+                      rule=LENIENT)
     assert out["crashes"] == env.offroad_events > 10  # every off-road event counted, and recovered
+    assert out["intervention_causes"] == {"collision": 0, "off_road": out["crashes"], "lane_invasion": 0}
+    # Strict: the safety driver takes over when the edge is 0.5 m over the line, before the
+    # car leaves the road: every intervention is a lane invasion and the car never goes off-road.
+    env = ToyLaneEnv()
+    strict = run_episode(env, PolicyDriver(ScriptedPolicy(1.0)), "none", 0, 200, 3, np.random.default_rng(0))
+    assert env.offroad_events == 0 and strict["crashes"] > out["crashes"]
+    assert strict["intervention_causes"]["lane_invasion"] == strict["crashes"]
     assert out["steps"] == 200  # the run went on after each crash
     assert out["elapsed_s"] == pytest.approx(20.0)
     assert out["autonomy_pct"] == pytest.approx(max(0.0, (1 - out["crashes"] * 6 / 20.0) * 100))
@@ -256,11 +281,13 @@ def test_same_seed_same_report_across_workers(tmp_path):
 
 
 def test_crash_counting_through_evaluate(tmp_path):
-    spec = _spec(policy_factory=_left_policy, corruptions=("none",), episodes=1, steps=100)
+    spec = _spec(policy_factory=_left_policy, corruptions=("none",), episodes=1, steps=100,
+                 intervention="lenient")
     report = evaluate(spec, tmp_path / "ev", workers=1, progress=False, plots=False)
+    assert report["settings"]["intervention"] == "lenient"
     env = ToyLaneEnv()
     run_episode(env, PolicyDriver(ScriptedPolicy(1.0, uses_time=False)), "none", 0, 100,
-                report["settings"]["episode_seeds"][0], np.random.default_rng(0))
+                report["settings"]["episode_seeds"][0], np.random.default_rng(0), rule=LENIENT)
     assert report["results"][0]["crashes"] == env.offroad_events > 5
 
 
@@ -341,6 +368,7 @@ def test_real_env_crash_counting_matches_recoveries():
         image_hw = (78, 200)
 
     out = run_episode(env, PolicyDriver(HardLeft(1.0)), "none", 0, 80, 11, np.random.default_rng(0))
+    # strict rule: the car is taken over on lane invasion, and each intervention recovered once
     assert out["crashes"] == env.unwrapped.recoveries > 2
     assert out["steps"] == 80 and out["completion_pct"] < 50
     expert = run_episode(env, ExpertDriver(), "none", 0, 80, 11, np.random.default_rng(0))
