@@ -224,13 +224,13 @@ def test_depth_is_stored_when_asked(tmp_path):
 
 
 def test_disk_full_keeps_committed_episodes(tmp_path, monkeypatch):
-    import driving.dataset as dsmod
+    import driving.dataset.writer as dsmod
 
     root = tmp_path / "ds"
     w = _writer(root)
     w.append_episode(*_episode(20, 1))
     calls = {"n": 0}
-    real_write = dsmod._write_file
+    real_write = dsmod.write_file
 
     def full_write(path, data):
         calls["n"] += 1
@@ -238,7 +238,7 @@ def test_disk_full_keeps_committed_episodes(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(dsmod, "_write_file", full_write)
+    monkeypatch.setattr(dsmod, "write_file", full_write)
     with pytest.raises(DiskFullError, match="disk full.*1 committed episodes are intact"):
         w.append_episode(*_episode(60, 2))
     monkeypatch.undo()
