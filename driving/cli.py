@@ -15,6 +15,7 @@ import sys
 # verb -> module in driving.commands; the order is the order of `driving --help`.
 COMMANDS = {
     "collect": "collect",
+    "import": "importer",
     "dataset": "dataset",
     "train": "train",
     "eval": "evaluate",
