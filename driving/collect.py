@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import queue
 import signal
@@ -142,8 +143,8 @@ def record_episode(
     """
     if max_steps < 1:
         raise ValueError(f"steps must be >= 1, got {max_steps}")
-    if dart_noise < 0:
-        raise ValueError(f"--dart-noise must be >= 0, got {dart_noise}")
+    if not (math.isfinite(dart_noise) and dart_noise >= 0):
+        raise ValueError(f"--dart-noise must be a finite std >= 0, got {dart_noise}")
     if not 0 <= dt_jitter < 1:
         raise ValueError(f"dt_jitter must be in [0, 1), got {dt_jitter}")
     rng = rng if rng is not None else np.random.default_rng(seed + 7_919)
@@ -305,8 +306,8 @@ def collect(
         raise UserError(f"--steps must be >= 1, got {steps}")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    if dart_noise < 0:
-        raise UserError(f"--dart-noise must be >= 0, got {dart_noise}")
+    if not (math.isfinite(dart_noise) and dart_noise >= 0):  # NaN passes `< 0` (and would reach index.json)
+        raise UserError(f"--dart-noise must be a finite std >= 0 (e.g. 0.1), got {dart_noise}")
     env, env_kwargs, recorder_dart = make_collect_env(env_id, env_kwargs, dart_noise, steps)
     try:
         writer = DatasetWriter(out, env_id, env_config(env), env_camera(env), save_depth=save_depth)

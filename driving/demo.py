@@ -105,16 +105,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     _run(["eval", "--checkpoint", str(run), "--env", cfg.env, "--episodes",
           str(cfg.eval_episodes), "--corruptions", ",".join(cfg.corruptions), "--severities",
           ",".join(map(str, cfg.severities)), "--out", str(ev), "--seed", str(cfg.seed + 1000),
-          "--workers", str(cfg.workers), "--steps", str(cfg.eval_steps)])
+          "--workers", str(cfg.workers), "--steps", str(cfg.eval_steps), "--force"])
     times["eval_s"] = time.perf_counter() - t
 
     t = _stage(f"4/4 explanatory video ({cfg.video_corruption})")
     _run(["explain", "--checkpoint", str(run), "--env", cfg.env, "--steps",
           str(cfg.video_steps), "--corruption", cfg.video_corruption, "--out", str(video),
-          "--seed", str(cfg.seed + 2000)])
+          "--seed", str(cfg.seed + 2000), "--force"])
     _run(["explain", "--checkpoint", str(run), "--env", cfg.env, "--frame",
           str(min(60, cfg.video_steps - 1)), "--corruption", cfg.video_corruption, "--out",
-          str(still), "--seed", str(cfg.seed + 2000)])
+          str(still), "--seed", str(cfg.seed + 2000), "--force"])
     times["explain_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t_all
 

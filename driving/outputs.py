@@ -36,7 +36,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "demo": ("a `driving demo` output", ("demo_summary.json",)),
     "run": ("a training run", ("model.safetensors", "last", "metrics.csv")),
     "dataset": ("a liquid-drive dataset", ("zarr.json", "index.json", "episodes")),
-    "report": ("an evaluation report", ("report.json",)),
+    "report": ("an evaluation report", ("report.json", "summary.json")),
     "compare": ("a comparison of reports", ("compare.json",)),
 }
 

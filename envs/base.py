@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -103,6 +104,40 @@ def _base_config() -> dict[str, Any]:
     }
 
 
+#: Keys whose default is None (= "the track's own" / "any") but that take a number when given.
+_NUMBER_OR_NONE = frozenset({"lane_width_m", "road_seed"})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
+def _check_config_value(owner: str, key: str, value: Any, default: Any) -> None:
+    """Refuse a value of the wrong type by the default's type, naming the key and the value
+    (a JSON string where a number belongs used to end in float()'s bare message)."""
+    if key in _NUMBER_OR_NONE:
+        ok, want = value is None or _is_number(value), "a finite number (or null)"
+    elif isinstance(default, bool):
+        ok, want = isinstance(value, (bool, np.bool_)) or value in (0, 1), "true or false"
+    elif isinstance(default, numbers.Real):
+        ok, want = _is_number(value), "a finite number"
+    elif isinstance(default, list) and default and all(_is_number(x) for x in default):
+        ok = _is_number(value) or (isinstance(value, (list, tuple)) and all(_is_number(x) for x in value))
+        want = "a finite number or a list of them"
+    elif isinstance(default, dict):
+        if isinstance(value, dict) and key in ("camera", "expert"):
+            for k2, v2 in value.items():
+                if k2 in default:
+                    _check_config_value(owner, f"{key}.{k2}", v2, default[k2])
+        ok, want = isinstance(value, dict), "a JSON object"
+    else:
+        return  # strings and free-form values are checked where they are used
+    if not ok:
+        hint = "; in JSON write numbers without quotes" if isinstance(value, str) else ""
+        raise ValueError(f"config {key} = {value!r} for {owner}: must be {want} "
+                         f"(default {default!r}){hint}")
+
+
 class DashcamDrivingEnv(gym.Env):
     """Lane keeping from a first-person camera on a highway-env road."""
 
@@ -121,6 +156,7 @@ class DashcamDrivingEnv(gym.Env):
                         f"unknown config key {k!r} for {type(self).__name__}; "
                         f"known keys: {', '.join(sorted(cfg))}"
                     )
+                _check_config_value(type(self).__name__, k, v, cfg[k])
                 if k == "camera" and v is not None:
                     cfg["camera"] = {**cfg["camera"], **dict(v)}
                 else:

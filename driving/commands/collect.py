@@ -53,7 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from driving.collect import collect
+    from driving.outputs import check_out_dir
 
+    # Before any env starts: --out under a file, onto a file, or holding a run/report/...;
+    # an existing dataset is appended to (or resumed).
+    check_out_dir(args.out, "dataset", existing="append")
     env_kwargs = None
     if args.env_kwargs:
         try:

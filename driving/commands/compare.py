@@ -28,9 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from driving.compare import compare
+    from driving.outputs import check_out_dir, writing
 
+    # An earlier comparison is regenerated; a folder holding a report (one of the inputs, say),
+    # run or dataset is not written into; a path under or onto a file fails here, before work.
+    check_out_dir(args.out, "compare", existing="overwrite")
     try:
-        data = compare(args.dirs, args.out, plots=not args.no_plots)
+        with writing(args.out):
+            data = compare(args.dirs, args.out, plots=not args.no_plots)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(f"wrote {Path(args.out) / 'compare.md'}: {len(data['policies'])} reports, "

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -55,23 +53,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
     p.add_argument("--seed", type=int, default=0, help="env and corruption seed")
     p.add_argument("--fps", type=float, default=None, help="video frame rate (default 1/dt of the env)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out file (refused without it, before any work)")
     p.set_defaults(func=run)
 
 
 # ------------------------------------------------------------------------ validation
 
 
-def _check_out(path: str, allowed: tuple[str, ...], mode: str) -> str:
+def _check_out(path: str, allowed: tuple[str, ...], mode: str, force: bool = False) -> str:
+    from driving.outputs import check_out_file
+
     ext = os.path.splitext(path)[1].lower()
     if ext not in allowed:
         raise UserError(f"--out {path!r}: {mode} writes {' or '.join(allowed)}; change the extension")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"--out {path!r}: folder {folder!r} does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--out {path!r}: folder {folder!r} is not writable")
-    if os.path.isdir(path):
-        raise UserError(f"--out {path!r} is a folder; give a file name")
+    # under a file, missing or unwritable folder, onto a folder, an earlier file without --force
+    check_out_file(path, force=force)
     return ext
 
 
@@ -115,12 +112,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict, str]:
 
 
 def _atomic_json(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".explain-", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from policies.atomicio import atomic_write_json
+
+    atomic_write_json(path, data, indent=2)
 
 
 # ------------------------------------------------------------------------ modes
@@ -142,15 +136,15 @@ def _run(args: argparse.Namespace) -> int:
 
     # --- everything that can be checked before work
     if args.ssim:
-        _check_out(args.out, (".json",), "--ssim")
+        _check_out(args.out, (".json",), "--ssim", args.force)
         if args.frame is not None:
             raise UserError("--frame is for still images; drop it with --ssim")
     elif args.frame is not None:
-        _check_out(args.out, (".png",), "still mode (--frame)")
+        _check_out(args.out, (".png",), "still mode (--frame)", args.force)
         if args.frame < 0:
             raise UserError(f"--frame {args.frame} must be >= 0")
     else:
-        ext = _check_out(args.out, (*VIDEO_EXT, ".png"), "video mode")
+        ext = _check_out(args.out, (*VIDEO_EXT, ".png"), "video mode", args.force)
         if ext == ".png":
             raise UserError(f"--out {args.out!r} is a still image; add --frame K (0-based) to pick the frame")
     corruption = parse_corruption(args.corruption)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from driving.errors import UserError
 
@@ -32,23 +31,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from driving.outputs import check_out_file, writing
     from policies.checkpoint import load_policy
     from policies.export import PolicyStep, check_onnx, export_onnx
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".onnx":
-        raise UserError(f"--out must name a .onnx file, got {args.out!r}")
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite it")
-    if not out.parent.exists():
-        raise UserError(f"the directory of --out ({out.parent}) does not exist")
+    # --out first: under a file, onto a folder, an earlier file without --force, unwritable
+    out = check_out_file(args.out, suffixes=(".onnx",), force=args.force)
     if not 9 <= args.opset <= 21:
         raise UserError(f"--opset must be between 9 and 21, got {args.opset}")
     try:
         policy, _ = load_policy(args.checkpoint)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    export_onnx(policy, out, opset=args.opset)
+    with writing(out):  # a full disk: one line, and no partial .onnx (temp file + rename)
+        export_onnx(policy, out, opset=args.opset)
     step = PolicyStep(policy)
     summary = {
         "policy": policy.name,

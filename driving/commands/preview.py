@@ -7,10 +7,7 @@ Writes one PNG: a strip of dashcam frames along an expert drive (top row), their
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 from driving.errors import UserError
 
@@ -87,25 +84,15 @@ def preview_image(env_id: str, seed: int = 0, frames: int = 4, every: int = 25, 
         env.close()
 
 
-def write_png(path: Path, image) -> None:
-    """Atomic PNG write (temp file + os.replace)."""
-    import imageio.v3 as iio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, image)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: A PNG file's first bytes: an earlier preview is replaced, any other file is kept.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise UserError(f"--out must name a .png file, got {args.out!r}")
+    from driving.outputs import check_out_file, writing
+    from policies.atomicio import atomic_write_png
+
+    out = check_out_file(args.out, suffixes=(".png",), overwrite_if=PNG_MAGIC, make_parents=True)
     if not 1 <= args.frames <= 12:
         raise UserError(f"--frames must be between 1 and 12, got {args.frames}")
     if not 1 <= args.scale <= 8:
@@ -113,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise UserError(f"--every must be >= 1, got {args.every}")
     img = preview_image(args.env, args.seed, args.frames, args.every, args.scale)
-    write_png(out, img)
+    with writing(out):
+        atomic_write_png(out, img)
     print(f"wrote {out} ({img.shape[1]}x{img.shape[0]})", file=sys.stderr)
     return 0
