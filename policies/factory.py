@@ -12,6 +12,18 @@ Every policy shares the same perception CNN (32 features); they differ in the co
 | `cnn`        | none: PilotNet-like fully connected head (feed-forward)     | no        |
 | `ncp-random` | CfC (or `core="ltc"`) on a random wiring with as many synapses | yes    |
 | `ncp-full`   | CfC (or `core="ltc"`) on a fully connected 19-neuron wiring | yes       |
+| `ltc-random` | LTC on a random wiring with the NCP's layers and block counts | yes      |
+| `ltc-full`   | LTC, consecutive NCP layers fully connected (+ NCP recurrence) | yes     |
+| `cfc-random` | CfC, same random layered wiring (inter → command → motor per frame) | yes |
+| `cfc-full`   | CfC, same fully connected layered wiring                    | yes       |
+| `cnn-ema`    | `cnn` with an exponential moving average on its steering (τ)  | Δt only |
+| `lstm-ema`   | `lstm` with the same moving average on its steering         | Δt only   |
+| `ncp-ltc-timeblind` | `ncp-ltc` that integrates one nominal Δt per frame always | no   |
+
+`ncp-random` / `ncp-full` are the v1 controls: one layer of 19 neurons, so a CfC on them reads
+only previous-frame states (another update schedule than the NCP's). The layered controls
+(`policies/controls.py`) keep the NCP's schedule and change only the graph. Effective
+(unmasked) and storage parameter counts: `policies.controls.parameter_table`.
 
 The built policy carries a JSON ``spec`` (name, image size, seed, the keyword arguments with
 the wiring written out), from which `rebuild` makes the identical architecture: checkpoints
@@ -32,7 +44,12 @@ from policies.cnn import PerceptionCNN
 from policies.policy import Policy
 from policies.wiring import Wiring
 
-POLICY_NAMES = ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full")
+POLICY_NAMES = ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full",
+                "ltc-random", "ltc-full", "cfc-random", "cfc-full", "cnn-ema", "lstm-ema",
+                "ncp-ltc-timeblind")
+#: Default EMA time constant (s) of the smoothing controls; the v2 sweep sets τ per run from
+#: NCP-LTC's measured steering rate (scripts/reproduce_paper.py, `calibrate_ema`).
+DEFAULT_EMA_TAU_S = 0.2
 LIQUID_CORES = ("cfc", "ltc")
 
 
@@ -65,8 +82,12 @@ def _liquid_core(core: str, w: Wiring, mode: str, ode_unfolds: int) -> nn.Module
     raise ValueError(f"core must be one of {LIQUID_CORES}, got {core!r}")
 
 
-def _liquid(name: str, wiring_kind: str, fixed_core: str | None) -> Callable[..., Policy]:
-    """Builder of an NCP-style policy: a liquid cell on a wiring, with a 1→1 affine readout."""
+def _liquid(name: str, wiring_kind: str, fixed_core: str | None,
+            uses_time: bool = True) -> Callable[..., Policy]:
+    """Builder of an NCP-style policy: a liquid cell on a wiring, with a 1→1 affine readout.
+
+    ``uses_time=False`` makes the time-blind variant: the cell integrates one nominal
+    interval per frame whatever elapsed time the caller passes."""
 
     def build(
         image_hw: tuple[int, int],
@@ -79,12 +100,16 @@ def _liquid(name: str, wiring_kind: str, fixed_core: str | None) -> Callable[...
     ) -> Policy:
         if fixed_core is not None and core != fixed_core:
             raise ValueError(f"{name} always uses the {fixed_core} cell; for another cell "
-                             f"use its own name (ncp-cfc / ncp-ltc)")
+                             f"use another name (e.g. ncp-cfc / ncp-ltc)")
+        from policies.controls import layered_full_wiring, layered_random_wiring
+
         cnn = PerceptionCNN(image_hw)
         defaults = {
             "ncp": lambda: Wiring.ncp(input_dim=cnn.output_dim, seed=seed),
             "random": lambda: Wiring.random(input_dim=cnn.output_dim, seed=seed),
             "full": lambda: Wiring.fully_connected(input_dim=cnn.output_dim, seed=seed),
+            "layered_random": lambda: layered_random_wiring(input_dim=cnn.output_dim, seed=seed),
+            "layered_full": lambda: layered_full_wiring(input_dim=cnn.output_dim, seed=seed),
         }
         w = _as_wiring(wiring, defaults[wiring_kind], cnn.output_dim)
         cell = _liquid_core(core, w, mode, ode_unfolds)
@@ -96,7 +121,7 @@ def _liquid(name: str, wiring_kind: str, fixed_core: str | None) -> Callable[...
         else:
             kwargs["ode_unfolds"] = ode_unfolds
         readout = nn.Linear(w.output_dim, 1)
-        return Policy(name, cnn, cell, readout, uses_time=True, time_unit_s=time_unit_s,
+        return Policy(name, cnn, cell, readout, uses_time=uses_time, time_unit_s=time_unit_s,
                       spec=_spec(name, image_hw, seed, kwargs))
 
     return build
@@ -140,6 +165,26 @@ def _cnn(image_hw, seed, hidden: tuple[int, ...] | list[int] = (100, 50, 10),
                   spec=_spec("cnn", image_hw, seed, kwargs))
 
 
+def _cnn_ema(image_hw, seed, hidden: tuple[int, ...] | list[int] = (100, 50, 10),
+             ema_tau_s: float = DEFAULT_EMA_TAU_S, time_unit_s: float = 0.1) -> Policy:
+    from policies.controls import SmoothedPolicy
+
+    base = _cnn(image_hw, seed, hidden, time_unit_s)
+    kwargs = {**base.spec["kwargs"], "ema_tau_s": float(ema_tau_s)}
+    return SmoothedPolicy("cnn-ema", base.cnn, None, base.readout, float(ema_tau_s), time_unit_s,
+                          spec=_spec("cnn-ema", image_hw, seed, kwargs))
+
+
+def _lstm_ema(image_hw, seed, units: int = 64, ema_tau_s: float = DEFAULT_EMA_TAU_S,
+              time_unit_s: float = 0.1) -> Policy:
+    from policies.controls import SmoothedPolicy
+
+    base = _lstm(image_hw, seed, units, time_unit_s)
+    kwargs = {**base.spec["kwargs"], "ema_tau_s": float(ema_tau_s)}
+    return SmoothedPolicy("lstm-ema", base.cnn, base.core, base.readout, float(ema_tau_s),
+                          time_unit_s, spec=_spec("lstm-ema", image_hw, seed, kwargs))
+
+
 def _spec(name: str, image_hw: tuple[int, int], seed: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"policy": name, "image_hw": [int(image_hw[0]), int(image_hw[1])], "seed": int(seed),
             "kwargs": kwargs}
@@ -155,6 +200,13 @@ REGISTRY: dict[str, Callable[..., Policy]] = {
     "cnn": _cnn,
     "ncp-random": _liquid("ncp-random", "random", None),
     "ncp-full": _liquid("ncp-full", "full", None),
+    "ltc-random": _liquid("ltc-random", "layered_random", "ltc"),
+    "ltc-full": _liquid("ltc-full", "layered_full", "ltc"),
+    "cfc-random": _liquid("cfc-random", "layered_random", "cfc"),
+    "cfc-full": _liquid("cfc-full", "layered_full", "cfc"),
+    "cnn-ema": _cnn_ema,
+    "lstm-ema": _lstm_ema,
+    "ncp-ltc-timeblind": _liquid("ncp-ltc-timeblind", "ncp", "ltc", uses_time=False),
 }
 assert tuple(REGISTRY) == POLICY_NAMES
 
