@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--expert-reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also drive the expert on the same episodes as a reference (default on)")
     p.add_argument("--no-plots", action="store_true", help="skip plots and the contact sheet")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier report in --out (refused without it, before any episode)")
     p.set_defaults(func=run)
 
 
@@ -84,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    from driving.outputs import check_out_dir, writing
+
+    # Before any episode: --out under a file, onto a file, holding another kind of output
+    # (a run, a dataset), or an earlier report without --force.
+    check_out_dir(args.out, "report", force=args.force)
     from policies.checkpoint import read_config, resolve_run_dir
 
     try:
@@ -96,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         episodes=args.episodes, corruptions=corruptions, severities=severities, steps=args.steps,
         seed=args.seed, expert_reference=args.expert_reference,
     )
-    report = evaluate(spec, args.out, workers=args.workers, plots=not args.no_plots)
+    with writing(args.out):  # a full disk while writing the report: one line, exit 2
+        report = evaluate(spec, args.out, workers=args.workers, plots=not args.no_plots)
     clean = next((r for r in report["results"] if r["corruption"] == "none"), report["results"][0])
     print(
         f"wrote {Path(args.out) / 'report.json'}: {len(report['results'])} conditions; "
