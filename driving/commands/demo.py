@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from driving.demo import config_from_args, run_demo
+    from driving.outputs import check_out_dir
 
+    # an earlier demo output is resumed; a file, a path under one, or a folder holding a
+    # dataset, run or report is refused before the first stage starts
+    check_out_dir(args.out, "demo", existing="append")
     run_demo(config_from_args(args))
     return 0
