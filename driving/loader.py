@@ -4,13 +4,23 @@ Why windows: recurrent policies (LTC/CfC/LSTM) train on short sequences with the
 elapsed times; a window never crosses an episode boundary because the car's state does not
 carry over between drives. Train/validation is split by whole episodes so that validation
 frames are never neighbours of training frames.
+
+Also here: `stateful_plan`, the batch schedule of stateful truncated BPTT (consecutive
+windows of an episode in one batch row, so the recurrent state can be carried across them),
+and `die_with_parent`, the DataLoader `worker_init_fn` that ends a worker when the training
+process dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import hashlib
 import os
-from collections.abc import Iterable
+import signal
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -56,6 +66,10 @@ class WindowDataset(TorchDataset):
     to end on its last step so that no frame is left out. Episodes shorter than `seq_len` are
     skipped. `sources` keeps only episodes whose `source` metadata is listed (e.g. `{"expert",
     "dagger"}`). Zarr arrays open lazily in each process, so `num_workers > 0` works.
+
+    `tile=True` (stateful training) cuts each episode into consecutive, non-overlapping
+    windows `[0, T), [T, 2T), ...` and drops the last `n mod T` steps instead of moving the
+    last window back, so that window k+1 continues exactly where window k ended.
     """
 
     def __init__(
@@ -67,12 +81,13 @@ class WindowDataset(TorchDataset):
         seed: int = 0,
         stride: int | None = None,
         sources: Iterable[str] | None = None,
+        tile: bool = False,
     ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        stride = seq_len if stride is None else int(stride)
+        stride = seq_len if stride is None or tile else int(stride)
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.root = os.fspath(root)
@@ -95,7 +110,7 @@ class WindowDataset(TorchDataset):
             if n < seq_len:
                 continue
             s = np.arange(0, n - seq_len + 1, stride, dtype=np.int64)
-            if s[-1] != n - seq_len:
+            if s[-1] != n - seq_len and not tile:
                 s = np.append(s, n - seq_len)
             starts.append(s)
             owners.append(np.full(len(s), i, dtype=np.int64))
@@ -136,3 +151,70 @@ class WindowDataset(TorchDataset):
             "episode": st.episodes[ep].id,
             "start": s,
         }
+
+
+# ----------------------------------------------------------------------------------------
+# stateful truncated BPTT: which window each batch row trains on, step by step
+# ----------------------------------------------------------------------------------------
+def stateful_plan(windows: WindowDataset, streams: int, gen: Any) -> list[list[tuple[int, int, bool]]]:
+    """Steps of `(stream, window index, reset)` rows for stateful truncated BPTT.
+
+    Each of `streams` batch rows walks through whole episodes (drawn in a random order from
+    `gen`, a torch.Generator), one window per step, in order; when its episode ends it takes
+    the next one. `reset` is True on an episode's first window (the state starts from zero,
+    as in closed loop); otherwise the trainer carries the row's state from its previous
+    window. Rows whose stream has run out of episodes leave the batch, so the last steps
+    are smaller. `windows` must be tiled (`WindowDataset(..., tile=True)`).
+    """
+    import torch
+
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1, got {streams}")
+    per_episode: dict[int, list[int]] = {}
+    for i in range(len(windows)):
+        per_episode.setdefault(windows.window(i)[0], []).append(i)
+    for idx in per_episode.values():
+        starts = [windows.window(i)[1] for i in idx]
+        if starts != [k * windows.seq_len for k in range(len(starts))]:
+            raise ValueError("stateful_plan needs tiled windows (WindowDataset(..., tile=True))")
+    order = [list(per_episode)[j] for j in torch.randperm(len(per_episode), generator=gen).tolist()]
+    queue = iter(order)
+    current: list[list[int]] = [[] for _ in range(streams)]
+    plan: list[list[tuple[int, int, bool]]] = []
+    while True:
+        step: list[tuple[int, int, bool]] = []
+        for s in range(streams):
+            reset = False
+            if not current[s]:
+                nxt = next(queue, None)
+                if nxt is None:
+                    continue
+                current[s] = list(per_episode[nxt])
+                reset = True
+            step.append((s, current[s].pop(0), reset))
+        if not step:
+            return plan
+        plan.append(step)
+
+
+# ----------------------------------------------------------------------------------------
+# DataLoader workers end with the training process
+# ----------------------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int, worker_id: int) -> None:
+    """In a worker: ask the kernel for SIGKILL when the parent dies (Linux prctl), and exit
+    at once if it already has. Without this a worker of a SIGKILLed trainer lives on until
+    PyTorch's watchdog notices, seconds later, holding memory and dataset file handles."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def die_with_parent() -> Callable[[int], None]:
+    """A `worker_init_fn` for DataLoader (picklable, bound to this process's pid)."""
+    return functools.partial(_die_with_parent, os.getpid())

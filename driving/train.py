@@ -1,57 +1,49 @@
 """Imitation learning for lane keeping: behaviour cloning on windows, then DAgger.
 
-Read top to bottom, this file is the whole algorithm:
+Read top to bottom, this file is the whole algorithm (`train` at the end drives it):
 
-1. **Data.** `WindowDataset` cuts the recorded episodes into windows of `seq_len` frames
-   (never across an episode boundary); the validation split is by episode, so no road
-   stretch is in both sets.
-2. **Behaviour cloning with truncated BPTT.** Each window starts from the zero state; the
-   recurrent state is carried from frame to frame inside the window and gradients flow
-   through the whole window. Liquid cores (LTC, CfC) receive the real elapsed time of each
-   frame (`dt`), so a jittery or dropped frame is modelled, not hidden.
-3. **The paper's recipe** (Lechner et al. 2020), default for every policy so that the
-   comparison between policies is fair:
-   - loss = mean( exp(α·|y|) · (ŷ − y)² ): straight road dominates any drive, and the rare
-     large steering commands in curves are the ones that matter. Our steering is normalised
-     to [−1, 1] (the paper's was inverse turning radius in 1/m, a much smaller number), so α
-     is ours: α = 3 weighs full lock e³ ≈ 20× a straight-ahead frame, a typical racetrack
-     curve (|y| ≈ 0.3) 2.5×.
-   - a lower learning rate for the perception CNN than for the recurrent core
-     (`cnn_lr_factor`), via optimizer parameter groups;
-   - shadow / brightness / colour augmentation (`driving.augment`), and per-image whitening
-     (inside the CNN, so it is part of the model and applies at test time too);
-   - gradient-norm clipping, Adam.
-4. **Validation and early stopping** on the validation loss; the best epoch's weights are
-   the model (`RUN/model.safetensors` + `RUN/config.json`).
-5. **DAgger** (Ross et al. 2011): roll the current policy out in the simulator (with
-   probability β per step the expert drives instead, β = β₀^round), label every visited frame
-   with the expert's steering, append those episodes to the dataset (marked
-   `source="dagger"`), and retrain from the current weights.
+1. **Data.** `driving.loader.WindowDataset` cuts the recorded episodes into windows of
+   `seq_len` frames (never across an episode boundary); the validation split is by episode,
+   so no road stretch is in both sets.
+2. **Behaviour cloning with truncated BPTT**, in one of two schemes (docs/training.md says
+   which drives better, measured):
+   - *windows from the zero state* (default): each window starts from the zero state; its
+     first `burn_in` frames only warm the state up and get no loss (unless the window starts
+     the episode, where the zero state is the true one);
+   - *stateful* (`stateful=True`): each batch row walks through an episode window after
+     window, and the recurrent state is carried (detached) from one window to the next, as
+     in closed loop, where the agent drives hundreds of steps on one state.
+   Liquid cores (LTC, CfC) receive the real elapsed time of each frame (`dt`).
+3. **The paper's recipe** (Lechner et al. 2020), the default for every policy:
+   loss = mean(exp(α·|y|)·(ŷ − y)²) (steering normalised to [−1, 1]; α = 3 weighs full lock
+   e³ ≈ 20× a straight frame), a CNN learning rate of lr·`cnn_lr_factor` (own parameter
+   group), named augmentations (`driving.augment`), per-image whitening inside the CNN,
+   gradient-norm clipping, Adam. Before end-to-end training the CNN is warmed up on single
+   frames and the readout bias is set to the mean label (docs/training.md, "CNN warm-up").
+4. **Validation and early stopping** on whole held-out episodes run from the zero state with
+   the state carried (as in closed loop); the best epoch's weights are the model
+   (`RUN/model.safetensors` + `RUN/config.json`). A non-finite loss stops the run (exit 2)
+   and keeps the last good checkpoint; `best` is only ever a finite-loss model.
+5. **DAgger** (Ross et al. 2011): roll the best policy out in the simulator (with probability
+   β per step the expert drives instead, β = β₀^round), label every visited frame with the
+   expert's steering, append those episodes to the dataset (`source="dagger"`), retrain.
 
-Checkpoints and resume: after every epoch the complete training state (weights, Adam
-moments, RNG state, counters, metrics history) goes into one safetensors file,
-`RUN/last/state.safetensors`, written to a temp file and renamed, so a kill at any moment
-leaves either the previous or the new state, never half of one. Randomness is re-seeded at
-the start of every epoch from (seed, round, epoch, rank), which makes a resumed run produce
-exactly the weights of an uninterrupted one.
-
-Distributed: under `torchrun --nproc-per-node N -m driving train ...` each process trains on
-its shard (`DistributedSampler`), DDP averages gradients over gloo, and rank 0 writes
-everything.
+Checkpoints and resume: after every epoch the complete training state goes into one file
+(`policies.training_state`, written atomically). Randomness is re-seeded at the start of
+every epoch from (seed, round, epoch, rank), so a resumed run gives exactly the weights of an
+uninterrupted one. Distributed: under `torchrun` each process trains on its shard, DDP
+averages gradients over gloo, rank 0 writes everything.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
+import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,34 +51,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from driving.augment import augment_windows
+from driving import train_run as runio
+from driving.augment import augment_windows, parse_augment
 from driving.errors import UserError
+from policies import training_state as ts
 
-STATE_DIR = "last"
 WARMUP_FRAMES_PER_STEP = 64
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-STATE_FILE = "state.safetensors"
-METRICS_FILE = "metrics.csv"
+VAL_CHUNK = 64  # frames per forward call when validating whole episodes (state carried)
+DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16")
 
 
+# ----------------------------------------------------------------------------------------
+# settings
+# ----------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
     """Every setting of a training run; stored in `RUN/config.json` under "training"."""
 
-    data: str = ""  # dataset directory (zarr, from `driving collect`)
+    data: str = ""  # dataset directory (zarr, from `driving collect`); stored absolute
     out: str = ""  # run directory
     policy: str = "ncp-cfc"  # a name of policies.factory.POLICY_NAMES
     epochs: int = 12  # per round (round 0 = behaviour cloning, 1..K = DAgger)
     seq_len: int = 4  # frames per training window (truncated BPTT length); see docs/training.md
-    stride: int = 0  # frames between window starts; 0 = seq_len // 2
+    stride: int = 0  # frames between window starts; 0 = (seq_len - burn_in) // 2
+    burn_in: int = 0  # leading frames of a window that only warm the state up (no loss)
+    stateful: bool = False  # carry the state across consecutive windows of an episode
     batch: int = 16  # windows per step (per process under DDP)
     lr: float = 3e-3  # recurrent core and output head
     cnn_lr_factor: float = 1.0  # the CNN learns at lr · cnn_lr_factor (< 1: the paper's lower CNN rate)
     weight_decay: float = 0.0
     alpha: float = 3.0  # loss weight exp(α·|steering|)
-    grad_clip: float = 1.0  # max global gradient norm
-    augment: bool = True
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    augment: str = ",".join(parse_augment("default"))  # names of driving.augment.AUGMENTATIONS
     cnn_warmup_steps: int = 100  # steps fitting CNN + a temporary linear head on single frames first
     val_fraction: float = 0.2  # share of episodes held out
     patience: int = 6  # epochs without a better val loss before stopping (0 = never stop)
@@ -94,6 +91,8 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     threads: int = 1  # torch intra-op threads per process
     max_frames: int = 0  # cap on training frames per epoch (windows drawn at random); 0 = all
+    device: str = "cpu"  # cpu | cuda | auto
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the CNN; the cores stay fp32)
     dagger_rounds: int = 0
     dagger_episodes: int = 4  # rollouts per DAgger round
     dagger_steps: int = 300  # policy steps per rollout
@@ -101,36 +100,81 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        self.augment = ",".join(parse_augment(self.augment))  # also reads old runs' True/False
+        if self.data:
+            self.data = os.path.abspath(self.data)  # resume must not depend on the cwd
+        finite = ("lr", "cnn_lr_factor", "weight_decay", "alpha", "grad_clip", "val_fraction", "dagger_beta")
+        for name in finite:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"--{name.replace('_', '-')} {value} is not a finite number")
         checks = [
-            (self.epochs >= 1, "--epochs must be ≥ 1"),
-            (self.seq_len >= 1, "--seq-len must be ≥ 1"),
-            (self.stride >= 0, "--stride must be ≥ 0"),
-            (self.batch >= 1, "--batch must be ≥ 1"),
-            (self.lr > 0, "--lr must be > 0"),
-            (self.cnn_lr_factor >= 0, "cnn_lr_factor must be ≥ 0"),
-            (self.alpha >= 0, "alpha must be ≥ 0"),
-            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
-            (self.patience >= 0, "--patience must be ≥ 0"),
-            (self.workers >= 0, "--workers must be ≥ 0"),
-            (self.threads >= 1, "--threads must be ≥ 1"),
-            (self.max_frames >= 0, "--max-frames must be ≥ 0"),
-            (self.cnn_warmup_steps >= 0, "--cnn-warmup-steps must be ≥ 0"),
-            (self.dagger_rounds >= 0, "--dagger-rounds must be ≥ 0"),
-            (self.dagger_episodes >= 1, "--dagger-episodes must be ≥ 1"),
-            (self.dagger_steps >= 2, "--dagger-steps must be ≥ 2"),
-            (0.0 <= self.dagger_beta <= 1.0, "--dagger-beta must be in [0, 1]"),
+            ("epochs", self.epochs >= 1, "≥ 1"),
+            ("seq_len", self.seq_len >= 1, "≥ 1"),
+            ("burn_in", 0 <= self.burn_in < self.seq_len, f"in [0, --seq-len - 1] = [0, {self.seq_len - 1}]"),
+            ("stride", self.stride >= 0, "≥ 0"),
+            ("batch", self.batch >= 1, "≥ 1"),
+            ("lr", self.lr > 0, "> 0 (e.g. 0.003)"),
+            ("cnn_lr_factor", self.cnn_lr_factor >= 0, "≥ 0"),
+            ("weight_decay", self.weight_decay >= 0, "≥ 0 (0 = off)"),
+            ("alpha", self.alpha >= 0, "≥ 0"),
+            ("grad_clip", self.grad_clip >= 0, "≥ 0 (0 = off)"),
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "in [0, 1)"),
+            ("patience", self.patience >= 0, "≥ 0"),
+            ("workers", self.workers >= 0, "≥ 0"),
+            ("threads", self.threads >= 1, "≥ 1"),
+            ("max_frames", self.max_frames >= 0, "≥ 0"),
+            ("cnn_warmup_steps", self.cnn_warmup_steps >= 0, "≥ 0"),
+            ("device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("dagger_rounds", self.dagger_rounds >= 0, "≥ 0"),
+            ("dagger_episodes", self.dagger_episodes >= 1, "≥ 1"),
+            ("dagger_steps", self.dagger_steps >= 2, "≥ 2"),
+            ("dagger_beta", 0.0 <= self.dagger_beta <= 1.0, "in [0, 1]"),
         ]
-        for ok, msg in checks:
+        for name, ok, valid in checks:
             if not ok:
-                raise UserError(msg)
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is out of range: "
+                                f"it must be {valid}")
+        if self.stateful and self.burn_in:
+            raise UserError(f"--burn-in {self.burn_in} with --stateful: a stateful window starts "
+                            "from the carried state, so there is nothing to burn in; drop one")
 
     @property
     def window_stride(self) -> int:
-        return self.stride or max(1, self.seq_len // 2)
+        if self.stateful:
+            return self.seq_len
+        return self.stride or max(1, (self.seq_len - self.burn_in) // 2)
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        return parse_augment(self.augment)
 
 
-# Settings that may differ on --resume (they change neither the data nor the optimisation).
-RESUMABLE_CHANGES = ("epochs", "patience", "workers", "threads", "dagger_rounds", "resume", "data", "out")
+@dataclass
+class RunState:
+    """Where a run stands: saved after every epoch, restored on --resume."""
+
+    round: int = 0
+    epoch: int = 0  # epochs completed in this round
+    best_val: float | None = None
+    best_epoch: int | None = None
+    since_best: int = 0
+    stopped: bool = False  # early stopping ended this round
+    history: list[dict[str, Any]] = field(default_factory=list)  # the rows of metrics.csv
+    frames_total: int = 0
+    run_id: str = ""  # names this run's DAgger episodes in the dataset
+    dataset_episodes: int = 0
+    dataset_fingerprint: str = ""
+    dagger_collected: bool = False  # this round's rollouts are in the dataset
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunState:
+        known = {f.name for f in fields(cls)}
+        run = cls(**{k: v for k, v in d.items() if k in known})
+        run.history = [ts.nan_from_none(r, ("val_loss", "val_mse", "train_loss", "train_mse"))
+                       for r in run.history]
+        return run
 
 
 @dataclass
@@ -142,251 +186,27 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------------------
-# distributed helpers
-# ----------------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    created: bool = False  # we initialised the process group (and must destroy it)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-
-def init_distributed() -> Dist:
-    """Join the process group that `torchrun` describes in the environment (gloo, CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    dist = torch.distributed
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-        created = True
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), created=created)
-
-
-# ----------------------------------------------------------------------------------------
-# input checks
-# ----------------------------------------------------------------------------------------
-def _looks_pickled(path: Path) -> bool:
-    """True for a pickle or a torch.save zip (we never unpickle; we only read the magic)."""
-    if path.suffix in {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}:
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head[:1] == b"\x80" or head == b"PK\x03\x04"
-
-
-def _reject_pickle(path: Path, what: str) -> None:
-    if path.is_file() and _looks_pickled(path):
-        raise UserError(
-            f"{path} is a pickled PyTorch/pickle file; liquid-drive never unpickles (it can run "
-            f"arbitrary code). {what}"
-        )
-
-
-def open_dataset(root: str | Path):
-    """Open and verify a recorded dataset, with a clear error for anything else."""
-    from driving import dataset as ds
-
-    path = Path(root)
-    _reject_pickle(path, "--data takes a dataset directory written by `driving collect`.")
-    if not path.exists():
-        raise UserError(f"dataset {path} does not exist; record one with `driving collect --out {path}`")
-    if not path.is_dir():
-        raise UserError(f"dataset {path} is not a directory; --data takes a dataset written by `driving collect`")
-    try:
-        report = ds.verify(path)
-    except ValueError as exc:
-        raise UserError(f"dataset {path} failed verification: {exc}") from exc
-    if report.problems:
-        shown = "; ".join(report.problems[:3]) + (" ..." if len(report.problems) > 3 else "")
-        raise UserError(
-            f"dataset {path} failed verification ({len(report.problems)} problem(s): {shown}); "
-            f"run `driving dataset verify {path}` and re-record or drop the damaged episodes"
-        )
-    dataset = ds.Dataset(path)
-    if not dataset.episodes:
-        raise UserError(f"dataset {path} has no episodes; record some with `driving collect --out {path}`")
-    return dataset
-
-
-def dataset_fingerprint(dataset, episodes: int | None = None) -> str:
-    """SHA-256 of the dataset's episode index (its first `episodes` entries), as hex.
-
-    The index holds each episode's name, length and metadata (seed, source, recording time,
-    steering statistics), so any re-recorded, dropped or edited episode changes it.
-    """
-    index = [
-        {"name": e.name, "length": int(e.length), "meta": e.meta}
-        for e in list(dataset.episodes)[: episodes if episodes is not None else None]
-    ]
-    blob = json.dumps(index, sort_keys=True, default=_json_default).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def check_policy_name(name: str) -> None:
-    from policies.factory import POLICY_NAMES
-
-    if name not in POLICY_NAMES:
-        raise UserError(f"unknown policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}")
-
-
-# ----------------------------------------------------------------------------------------
-# atomic files
-# ----------------------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _clean_temp_files(run_dir: Path) -> None:
-    """Remove temp files a killed run may have left (the real files were never touched)."""
-    for p in list(run_dir.glob(".*.tmp")) + list((run_dir / STATE_DIR).glob(".*.tmp")):
-        p.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------
-# training state: weights + Adam moments + RNG + counters in one safetensors file
-# ----------------------------------------------------------------------------------------
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for idx, st in sd["state"].items():
-        for key, val in st.items():
-            t = val if torch.is_tensor(val) else torch.tensor(val)
-            tensors[f"optim/{idx}/{key}"] = t.detach().clone().contiguous()
-    return tensors, sd["param_groups"]
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, t in tensors.items():
-        if not name.startswith("optim/"):
-            continue
-        _, idx, key = name.split("/", 2)
-        state.setdefault(int(idx), {})[key] = t
-    current = opt.state_dict()["param_groups"]
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
-        raise UserError("the saved optimizer state does not match this policy's parameters; start a new --out")
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def save_state(
-    run_dir: Path, policy: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, state: dict,
-    best: tuple[dict[str, torch.Tensor], dict] | None,
-) -> None:
-    """Write RUN/last/state.safetensors: everything needed to continue, in one atomic file.
-
-    `best` = (state_dict, checkpoint config) of the best epoch so far, kept here too so that
-    a kill in the middle of writing RUN/model.safetensors + config.json is repaired on resume.
-    """
-    from safetensors.torch import save
-
-    tensors = {f"model/{k}": v.detach().clone().contiguous() for k, v in policy.state_dict().items()}
-    opt_tensors, groups = _optimizer_tensors(opt)
-    tensors.update(opt_tensors)
-    tensors["rng/torch"] = torch.get_rng_state()
-    meta = {
-        "format": "liquid-drive-train-state",
-        "format_version": "1",
-        "state": json.dumps(state, default=_json_default),
-        "config": json.dumps(asdict(cfg)),
-        "optimizer_groups": json.dumps(groups),
-    }
-    if best is not None:
-        tensors.update({f"best/{k}": v.detach().clone().contiguous() for k, v in best[0].items()})
-        meta["best_config"] = json.dumps(best[1], default=_json_default)
-    _atomic_bytes(run_dir / STATE_DIR / STATE_FILE, save(tensors, metadata=meta))
-
-
-@dataclass
-class SavedState:
-    tensors: dict[str, torch.Tensor]
-    state: dict[str, Any]
-    config: dict[str, Any]
-    optimizer_groups: list
-    best_config: dict[str, Any] | None
-
-    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
-        n = len(prefix)
-        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-
-
-def load_state(run_dir: Path) -> SavedState:
-    """Read RUN/last/state.safetensors (never unpickles), or a clear UserError."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = run_dir / STATE_DIR / STATE_FILE
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "liquid-drive-train-state":
-            raise ValueError("not a liquid-drive training state")
-        return SavedState(
-            tensors=load_file(str(path)),
-            state=json.loads(meta["state"]),
-            config=json.loads(meta["config"]),
-            optimizer_groups=json.loads(meta["optimizer_groups"]),
-            best_config=json.loads(meta["best_config"]) if "best_config" in meta else None,
-        )
-    except Exception as exc:  # safetensors raises its own error types
-        raise UserError(f"{path} is not a valid training state ({exc}); start a new --out") from exc
-
-
-def _seed_everything(cfg: TrainConfig, rnd: int, epoch: int, rank: int) -> torch.Generator:
-    """Seed the global RNG and return a generator for this (round, epoch, rank)."""
-    seed = (cfg.seed * 1_000_003 + rnd * 10_007 + epoch * 101 + rank) % (2**63 - 1)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------------------
 # the model, loss and optimizer
 # ----------------------------------------------------------------------------------------
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean(exp(α|y|)·(ŷ−y)²), plain MSE) — the paper's loss and an interpretable twin."""
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, alpha: float,
+                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean(exp(α|y|)·(ŷ−y)²), plain MSE) over the frames where `mask` is True (all without)."""
     se = (pred - target).square()
     w = torch.exp(alpha * target.abs())
-    return (w * se).mean(), se.mean().detach()
+    if mask is None:
+        return (w * se).mean(), se.mean().detach()
+    m = mask.to(se.dtype)
+    n = m.sum().clamp(min=1.0)
+    return (w * se * m).sum() / n, ((se * m).sum() / n).detach()
+
+
+def loss_mask(starts: torch.Tensor, seq_len: int, burn_in: int) -> torch.Tensor | None:
+    """(B,T) True where a frame gets loss: after the burn-in, or everywhere in a window that
+    starts its episode (the zero state is then the true one). None without burn-in."""
+    if burn_in <= 0:
+        return None
+    t = torch.arange(seq_len)[None, :]
+    return (t >= burn_in) | (torch.as_tensor(starts).reshape(-1, 1) == 0)
 
 
 def make_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -402,10 +222,41 @@ def make_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _forward(model: nn.Module, policy: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+@contextlib.contextmanager
+def cnn_autocast(policy: nn.Module, device: torch.device, enabled: bool) -> Iterator[None]:
+    """Run the perception CNN under bf16 autocast (its features back in fp32) while the
+    recurrent core stays fp32: the CNN is ~99 % of a step and bf16-native CPUs run its
+    convolutions faster; the liquid cores' ODE solvers want full precision."""
+    cnn = getattr(policy, "cnn", None)
+    if not enabled or cnn is None:
+        yield
+        return
+    plain = cnn.forward
+
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = plain(*args, **kwargs)
+        return out.float()
+
+    cnn.forward = forward
+    try:
+        yield
+    finally:
+        del cnn.forward  # back to the class's method
+
+
+def _forward(model: nn.Module, policy: nn.Module, batch: dict[str, torch.Tensor], h0=None):
     timespans = batch["dt"].float() if getattr(policy, "uses_time", False) else None
-    steering, _ = model(batch["image"], None, timespans)
-    return steering
+    return model(batch["image"], h0, timespans)
+
+
+def finite_or_stop(value: float, where: str) -> float:
+    """Stop the run (exit 2) on a non-finite loss, before anything of it is saved."""
+    if not math.isfinite(value):
+        raise UserError(f"training diverged: the loss became {value} at {where}; the run keeps its "
+                        "last good checkpoint and state. Check the labels (`driving dataset verify`: "
+                        "steering must be in [-1, 1]) or lower --lr, then train a new --out")
+    return value
 
 
 def _final_linear(policy: nn.Module) -> nn.Linear | None:
@@ -417,7 +268,7 @@ def _final_linear(policy: nn.Module) -> nn.Linear | None:
 
 
 @torch.no_grad()
-def init_output_bias(policy: nn.Module, cfg: TrainConfig, dataset) -> float:
+def init_output_bias(policy: nn.Module, cfg: TrainConfig, dataset, device: torch.device) -> float:
     """Shift the readout bias so the untrained policy predicts the mean training steering.
 
     Racetracks turn mostly one way, so the mean label is far from 0 while a fresh policy's
@@ -429,8 +280,7 @@ def init_output_bias(policy: nn.Module, cfg: TrainConfig, dataset) -> float:
     final = _final_linear(policy)
     if final is None or final.bias is None:
         return float("nan")
-    names = [e.name for e in dataset.episodes]
-    train_idx, _ = split_episodes(names, cfg.val_fraction, cfg.seed)
+    train_idx, _ = split_episodes([e.name for e in dataset.episodes], cfg.val_fraction, cfg.seed)
     labels = np.concatenate([dataset.steps(i, "steering") for i in train_idx])
     target = float(np.clip(labels.mean(), -0.95, 0.95))
     # the mean output over training-length windows from the zero state, as training sees them
@@ -441,32 +291,31 @@ def init_output_bias(policy: nn.Module, cfg: TrainConfig, dataset) -> float:
     dt = torch.from_numpy(np.stack([dataset.steps(i, "dt_s")[: cfg.seq_len] for i in windows]).astype(np.float32))
     was_training = policy.training
     policy.eval()
-    pred, _ = policy(frames, None, dt.clamp(min=1e-3) if getattr(policy, "uses_time", False) else None)
+    pred, _ = policy(frames.to(device), None, dt.clamp(min=1e-3) if getattr(policy, "uses_time", False) else None)
     policy.train(was_training)
     current = float(pred.mean().clamp(-0.95, 0.95))
-    final.bias += math.atanh(target) - math.atanh(current)
+    if math.isfinite(current):
+        final.bias += math.atanh(target) - math.atanh(current)
     return target
 
 
-def warm_up_cnn(policy: nn.Module, cfg: TrainConfig, dataset) -> float | None:
+def warm_up_cnn(policy: nn.Module, cfg: TrainConfig, dataset, device: torch.device) -> float | None:
     """Fit the perception CNN with a temporary linear steering head on single frames.
 
-    Why: a fresh CNN's 32 features carry little steering signal, and the sparse NCP (three
-    layers of 19 neurons between features and motor) passes too weak a gradient to build it
-    quickly: measured on 12 racetrack drives, NCP-CfC behaviour cloning sat on the "predict
-    the mean" plateau (val MSE = label variance) for 200+ steps at lr 3e-3 and 1e-2, while
-    after 100 warm-up steps it reached a tenth of the variance within 50 steps
-    (docs/training.md). The head is thrown away; every weight of the policy is then trained
-    end to end as before. Deterministic (seeded), identical on every DDP rank. Returns the
-    last warm-up loss, or None when skipped (feed-forward `cnn` policy, 0 steps).
+    Why: a fresh CNN's 32 features carry little steering signal, and the sparse NCP passes
+    too weak a gradient to build it quickly (measured: NCP-CfC sat on the "predict the mean"
+    plateau for 200+ steps without it, reached a tenth of the label variance within 50 steps
+    with it; docs/training.md). The head is thrown away. Deterministic (seeded), identical on
+    every DDP rank. Returns the last warm-up loss, or None when skipped.
     """
+    from tqdm import tqdm
+
     from driving.loader import WindowDataset
 
     cnn = getattr(policy, "cnn", None)
     if cfg.cnn_warmup_steps <= 0 or cnn is None or getattr(policy, "core", None) is None:
         return None
-    windows = WindowDataset(cfg.data, seq_len=cfg.seq_len, split="train",
-                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+    windows = WindowDataset(cfg.data, seq_len=cfg.seq_len, split="train", val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(windows) == 0:
         return None
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
@@ -474,90 +323,83 @@ def warm_up_cnn(policy: nn.Module, cfg: TrainConfig, dataset) -> float | None:
     with torch.no_grad():
         head.weight.normal_(0.0, 1.0 / math.sqrt(cnn.output_dim), generator=gen)
         head.bias.zero_()
+    head = head.to(device)
     opt = torch.optim.Adam([*cnn.parameters(), *head.parameters()], lr=cfg.lr)
     loss = torch.zeros(())
     # 64 frames a step whatever --batch is: under torchrun every rank runs this same warm-up
     # on the whole training split, so a 2-process run starts where a 1-process run does.
     per_step = WARMUP_FRAMES_PER_STEP
-    from tqdm import tqdm
-
-    for _ in tqdm(range(cfg.cnn_warmup_steps), desc="CNN warm-up", unit="step", leave=False,
-                  disable=not sys.stderr.isatty()):
+    for step in tqdm(range(cfg.cnn_warmup_steps), desc="CNN warm-up", unit="step", leave=False,
+                     disable=not sys.stderr.isatty()):
         picks = torch.randint(0, len(windows), (per_step,), generator=gen).tolist()
         offsets = torch.randint(0, cfg.seq_len, (per_step,), generator=gen).tolist()
         items = [windows[i] for i in picks]
         images = torch.from_numpy(np.stack([it["image"][o] for it, o in zip(items, offsets)]))
         labels = torch.tensor([float(it["steering"][o]) for it, o in zip(items, offsets)])
-        if cfg.augment:
-            images = augment_windows(images[:, None], gen)[:, 0]
-        pred = torch.tanh(head(cnn(images))).squeeze(-1)
-        loss = weighted_mse(pred, labels, cfg.alpha)[0]
+        if cfg.augmentations:
+            images = augment_windows(images[:, None], gen, names=cfg.augmentations)[:, 0]
+        pred = torch.tanh(head(cnn(images.to(device)))).squeeze(-1)
+        loss = weighted_mse(pred, labels.to(device), cfg.alpha)[0]
+        finite_or_stop(float(loss.detach()), f"CNN warm-up step {step + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return float(loss.detach())
 
 
-def policy_description(policy: nn.Module) -> dict[str, Any]:
-    core = getattr(policy, "core", None)
-    desc: dict[str, Any] = {
-        "parameters": int(sum(p.numel() for p in policy.parameters())),
-        "cnn_parameters": int(sum(p.numel() for p in policy.cnn.parameters())) if getattr(policy, "cnn", None) is not None else 0,
-        "core": type(core).__name__ if core is not None else None,
-    }
-    for attr in ("state_size", "output_size"):
-        if core is not None and hasattr(core, attr):
-            desc[attr] = int(getattr(core, attr))
-    wiring = getattr(core, "wiring", None)
-    if wiring is not None:
-        desc["units"] = int(getattr(wiring, "units", 0))
-        desc["synapses"] = int(getattr(wiring, "synapse_count", 0))
-    return desc
-
-
 # ----------------------------------------------------------------------------------------
-# data
+# data: windows (shuffled) or a stateful plan (episodes in order, one per batch row)
 # ----------------------------------------------------------------------------------------
-def _loaders(cfg: TrainConfig, dist: Dist, data_root: Path):
+def _train_loader(cfg: TrainConfig, dist: runio.Dist, device: torch.device, gen: torch.Generator, epoch_key: int):
+    """(DataLoader, stateful plan or None) of one epoch's training windows."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from driving.loader import WindowDataset
+    from driving.loader import WindowDataset, die_with_parent, stateful_plan
 
-    def make(split: str) -> WindowDataset:
-        return WindowDataset(
-            data_root, seq_len=cfg.seq_len, split=split, val_fraction=cfg.val_fraction,
-            seed=cfg.seed, stride=cfg.window_stride,
-        )
-
-    train_ds = make("train")
-    if len(train_ds) == 0:
-        raise UserError(
-            f"dataset {data_root} has no training window of {cfg.seq_len} frames; record longer "
-            "episodes or lower --seq-len"
-        )
-    val_ds = make("val") if cfg.val_fraction > 0 else None
-    if val_ds is not None and len(val_ds) == 0:
-        val_ds = None
-    train_sampler = DistributedSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch, sampler=train_sampler, num_workers=cfg.workers)
-    val_loader = None
-    if val_ds is not None:
-        val_sampler = DistributedSampler(val_ds, num_replicas=dist.world, rank=dist.rank, shuffle=False)
-        val_loader = DataLoader(val_ds, batch_size=cfg.batch, sampler=val_sampler, num_workers=cfg.workers)
-    return train_loader, val_loader
+    windows = WindowDataset(cfg.data, seq_len=cfg.seq_len, split="train", val_fraction=cfg.val_fraction,
+                            seed=cfg.seed, stride=cfg.window_stride, tile=cfg.stateful)
+    if len(windows) == 0:
+        raise UserError(f"dataset {cfg.data} has no training window of {cfg.seq_len} frames; record "
+                        "longer episodes or lower --seq-len")
+    common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
+              "worker_init_fn": die_with_parent() if cfg.workers else None}
+    if cfg.stateful:
+        plan = stateful_plan(windows, cfg.batch, gen)
+        batches = [[w for _, w, _ in step] for step in plan]
+        return DataLoader(windows, batch_sampler=batches, **common), plan
+    sampler = DistributedSampler(windows, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+    sampler.set_epoch(epoch_key)
+    return DataLoader(windows, batch_size=cfg.batch, sampler=sampler, **common), None
 
 
-def _as_tensors(batch: dict) -> dict[str, torch.Tensor]:
-    return {k: (v if torch.is_tensor(v) else torch.as_tensor(np.asarray(v))) for k, v in batch.items()}
+def carry(state, rows: list[int], reset: list[bool], initial):
+    """The rows' carried state, with `reset` rows from `initial` (a (h, c) tuple for LSTMs)."""
+    idx = torch.tensor(rows, dtype=torch.long)
+    fresh = torch.tensor(reset, dtype=torch.bool)
+
+    def pick(s: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        f = fresh.to(s.device).reshape(-1, *([1] * (s.dim() - 1)))
+        return torch.where(f, i, s[idx.to(s.device)])
+
+    if isinstance(state, (tuple, list)):
+        return tuple(pick(s, i) for s, i in zip(state, initial))
+    return pick(state, initial)
+
+
+def store(state, rows: list[int], h):
+    """`state` with the rows replaced by `h`, detached: truncated BPTT stops at the window."""
+    idx = torch.tensor(rows, dtype=torch.long)
+    if isinstance(state, (tuple, list)):
+        return tuple(s.index_copy(0, idx.to(s.device), v.detach()) for s, v in zip(state, h))
+    return state.index_copy(0, idx.to(state.device), h.detach())
 
 
 # ----------------------------------------------------------------------------------------
 # one epoch of training, one pass of validation
 # ----------------------------------------------------------------------------------------
-def train_epoch(
-    model: nn.Module, policy: nn.Module, loader, opt: torch.optim.Optimizer, cfg: TrainConfig,
-    gen: torch.Generator, dist: Dist, desc: str,
-) -> dict[str, float]:
+def train_epoch(model: nn.Module, policy: nn.Module, loader, plan, opt: torch.optim.Optimizer,
+                cfg: TrainConfig, gen: torch.Generator, dist: runio.Dist, desc: str,
+                device: torch.device) -> dict[str, float]:
     from tqdm import tqdm
 
     model.train()
@@ -565,162 +407,75 @@ def train_epoch(
     if cfg.max_frames:
         steps_cap = max(1, math.ceil(cfg.max_frames / (cfg.batch * cfg.seq_len * dist.world)))
     total = int(min(len(loader), steps_cap))
-    sums = [0.0, 0.0, 0.0]  # weighted loss·n, mse·n, n frames (this rank)
+    carried = policy.initial_state(cfg.batch) if plan is not None else None
+    sums = [0.0, 0.0, 0.0]  # weighted loss·n, mse·n, n frames with loss (this rank)
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not dist.main or None, leave=False, file=sys.stderr)
-    for i, raw in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i >= total:
             break
-        batch = _as_tensors(raw)
-        if cfg.augment:
-            batch["image"] = augment_windows(batch["image"], gen)
-        pred = _forward(model, policy, batch)
-        loss, mse = weighted_mse(pred, batch["steering"].float(), cfg.alpha)
+        if cfg.augmentations:
+            batch["image"] = augment_windows(batch["image"], gen, names=cfg.augmentations)
+        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        h0 = None
+        if plan is not None:
+            rows, reset = [r[0] for r in plan[i]], [r[2] for r in plan[i]]
+            h0 = carry(carried, rows, reset, policy.initial_state(len(rows)))
+        pred, h = _forward(model, policy, batch, h0)
+        if plan is not None:
+            carried = store(carried, rows, h)
+        mask = loss_mask(batch["start"], cfg.seq_len, cfg.burn_in)
+        mask = None if mask is None else mask.to(device)
+        loss, mse = weighted_mse(pred, batch["steering"].float(), cfg.alpha, mask)
+        value = finite_or_stop(float(loss.detach()), f"{desc}, step {i + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        n = pred.numel()
-        sums[0] += float(loss.detach()) * n
+        n = pred.numel() if mask is None else int(mask.sum())
+        sums[0] += value * n
         sums[1] += float(mse) * n
         sums[2] += n
         fps = sums[2] * dist.world / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", fps=f"{fps:.0f}")
+        bar.set_postfix(loss=f"{value:.4f}", fps=f"{fps:.0f}")
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - t0
     loss_sum, mse_sum, frames = dist.all_sum(sums)
-    return {
-        "train_loss": loss_sum / max(frames, 1),
-        "train_mse": mse_sum / max(frames, 1),
-        "frames": int(frames),
-        "seconds": elapsed,
-        "frames_per_s": frames / max(elapsed, 1e-9),
-    }
+    return {"train_loss": loss_sum / max(frames, 1), "train_mse": mse_sum / max(frames, 1),
+            "frames": int(frames), "seconds": elapsed, "frames_per_s": frames / max(elapsed, 1e-9)}
 
 
 @torch.no_grad()
-def validate(policy: nn.Module, loader, cfg: TrainConfig, dist: Dist) -> dict[str, float]:
-    """Mean losses over the validation windows (all processes' shares summed)."""
+def validate(policy: nn.Module, dataset, cfg: TrainConfig, dist: runio.Dist, device: torch.device) -> dict[str, float]:
+    """Losses over whole held-out episodes, each from the zero state with the state carried
+    (in chunks of VAL_CHUNK frames, which is exactly one pass over the episode): the
+    open-loop twin of closed-loop driving, the same for every training scheme."""
+    from driving.loader import split_episodes
+
     policy.eval()
+    _, val_idx = split_episodes([e.name for e in dataset.episodes], cfg.val_fraction, cfg.seed)
+    if cfg.val_fraction <= 0:
+        val_idx = []
     sums = [0.0, 0.0, 0.0]
-    if loader is not None:
-        for raw in loader:
-            batch = _as_tensors(raw)
-            pred = _forward(policy, policy, batch)  # no DDP wrapper needed without gradients
-            loss, mse = weighted_mse(pred, batch["steering"].float(), cfg.alpha)
-            n = pred.numel()
-            sums[0] += float(loss) * n
-            sums[1] += float(mse) * n
-            sums[2] += n
+    for i in val_idx[dist.rank::dist.world]:
+        h = None
+        labels = torch.from_numpy(dataset.steps(i, "steering").astype(np.float32))
+        dts = torch.from_numpy(dataset.steps(i, "dt_s").astype(np.float32))
+        for s in range(0, dataset.episodes[i].length, VAL_CHUNK):
+            e = min(s + VAL_CHUNK, dataset.episodes[i].length)
+            frames = torch.from_numpy(np.ascontiguousarray(dataset.frames(i, s, e)))[None].to(device)
+            batch = {"image": frames, "dt": dts[None, s:e].to(device)}
+            pred, h = _forward(policy, policy, batch, h)
+            loss, mse = weighted_mse(pred, labels[None, s:e].to(device), cfg.alpha)
+            sums[0] += float(loss) * (e - s)
+            sums[1] += float(mse) * (e - s)
+            sums[2] += e - s
     loss_sum, mse_sum, frames = dist.all_sum(sums)
     if frames == 0:
         return {"val_loss": float("nan"), "val_mse": float("nan")}
-    return {"val_loss": loss_sum / frames, "val_mse": mse_sum / frames}
-
-
-# ----------------------------------------------------------------------------------------
-# run directory: checks, config, metrics
-# ----------------------------------------------------------------------------------------
-def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
-    """Return (run_dir, resuming). Refuses to overwrite anything that exists."""
-    run_dir = Path(cfg.out)
-    _reject_pickle(run_dir, "--out takes a run directory (model.safetensors + config.json).")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} exists and is not a directory; choose a new --out")
-    has_state = (run_dir / STATE_DIR / STATE_FILE).is_file()
-    non_empty = run_dir.is_dir() and any(p for p in run_dir.iterdir() if not p.name.startswith(".") or p.suffix != ".tmp")
-    if not cfg.resume:
-        if non_empty:
-            raise UserError(
-                f"run directory {run_dir} already exists and is not empty; pass --resume to continue "
-                "it, or choose a new --out (nothing was overwritten)"
-            )
-        return run_dir, False
-    if has_state:
-        return run_dir, True
-    if non_empty:
-        pickles = sorted(p.name for p in run_dir.iterdir() if p.is_file() and _looks_pickled(p))
-        hint = f" (it holds pickled files {pickles}, which liquid-drive never loads)" if pickles else ""
-        raise UserError(
-            f"--resume: {run_dir} has no training state ({STATE_DIR}/{STATE_FILE}){hint}; it was not "
-            "written by `driving train`, or was written by an older version. Choose a new --out."
-        )
-    return run_dir, False  # --resume on a run that never started: start it
-
-
-def _merge_resume_config(cfg: TrainConfig, saved: dict, explicit: set[str]) -> TrainConfig:
-    """The saved settings win; explicitly given settings must agree unless they are harmless."""
-    if cfg.policy != saved.get("policy") and "policy" in explicit:
-        raise UserError(
-            f"--resume: {cfg.out} was trained with policy {saved.get('policy')!r}, not {cfg.policy!r}; "
-            "drop --policy or choose a new --out"
-        )
-    merged = dict(saved)
-    known = {f.name for f in fields(TrainConfig)}
-    merged = {k: v for k, v in merged.items() if k in known}
-    for key in explicit:
-        if key not in known:
-            continue
-        new = getattr(cfg, key)
-        if key in RESUMABLE_CHANGES:
-            merged[key] = new
-        elif merged.get(key) != new and key != "policy":
-            raise UserError(
-                f"--resume: {cfg.out} was trained with {key}={merged.get(key)!r}, not {new!r}; resume "
-                "keeps the run's settings (drop the option) or choose a new --out"
-            )
-    merged["resume"] = True
-    merged["out"] = cfg.out
-    if "data" not in explicit:
-        merged["data"] = saved.get("data", cfg.data)
-    return TrainConfig(**merged)
-
-
-def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    if not history:
-        return
-    keys = list(history[0].keys())
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_bytes(run_dir / METRICS_FILE, buf.getvalue().encode())
-
-
-def _tensorboard(run_dir: Path, dist: Dist):
-    if not dist.main:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: metrics.csv is the record
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _checkpoint_config(cfg: TrainConfig, policy: nn.Module, dataset, extra: dict) -> dict:
-    """config.json of the model: with `policies.checkpoint`'s own keys, enough to rebuild and audit it."""
-    return {
-        "policy": cfg.policy,
-        "image_hw": list(dataset.image_shape[:2]),
-        "camera": dataset.camera,
-        "normalisation": "per-image whitening inside the CNN: (x - mean) / max(std, 1/sqrt(n)) "
-                         "over all pixels and channels of each uint8 RGB frame",
-        "steering": "normalised to [-1, 1] (the env's action); output = tanh(readout)",
-        "policy_info": policy_description(policy),
-        "training": asdict(cfg),
-        "dataset": {
-            "path": str(Path(cfg.data).resolve()),
-            "fingerprint": dataset_fingerprint(dataset),
-            "episodes": len(dataset.episodes),
-            "frames": int(dataset.num_frames),
-            "env_id": dataset.attrs.get("env_id"),
-        },
-        "torch_version": torch.__version__,
-        **extra,
-    }
+    return {"val_loss": finite_or_stop(loss_sum / frames, "validation"), "val_mse": mse_sum / frames}
 
 
 # ----------------------------------------------------------------------------------------
@@ -886,7 +641,7 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
     the run's saved settings; without it every field of `cfg` counts as given.
     """
     explicit = {f.name for f in fields(TrainConfig)} - {"resume"} if explicit is None else explicit
-    dist = init_distributed()
+    dist = runio.init_distributed()
     try:
         return _train(cfg, explicit, dist)
     finally:
@@ -894,162 +649,112 @@ def train(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, explicit: set[str], dist: Dist) -> TrainResult:
-    from policies.checkpoint import save_checkpoint
+def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResult:
     from policies.factory import build_policy
 
     torch.set_num_threads(cfg.threads)
-    run_dir, resuming = _prepare_run_dir(cfg)
-    saved = load_state(run_dir) if resuming else None
+    run_dir, resuming = runio.check_out_dir(cfg.out, cfg.resume, clean=dist.main)
+    saved = runio.load_state(run_dir) if resuming else None
     if saved is not None:
-        cfg = _merge_resume_config(cfg, saved.config, explicit)
-    check_policy_name(cfg.policy)
-    dataset = open_dataset(cfg.data)
+        cfg = runio.merge_resume_config(cfg, saved.config, explicit)
+    runio.check_policy_name(cfg.policy)
+    if cfg.stateful and dist.world > 1:
+        raise UserError("--stateful trains in one process (its batch rows are whole episodes); "
+                        "run it without torchrun, or drop --stateful")
+    device = runio.resolve_device(cfg.device)
+    bf16 = runio.check_precision(cfg.precision, device)
+    dataset = runio.open_dataset(cfg.data)
+    hw = tuple(dataset.image_shape[:2])
 
-    policy = build_policy(cfg.policy, image_hw=tuple(dataset.image_shape[:2]), seed=cfg.seed)
+    policy = build_policy(cfg.policy, image_hw=hw, seed=cfg.seed).to(device)
     opt = make_optimizer(policy, cfg)
     best: tuple[dict[str, torch.Tensor], dict] | None = None
-    state: dict[str, Any] = {
-        "round": 0, "epoch": 0, "best_val": None, "best_epoch": None, "since_best": 0,
-        "stopped": False, "history": [], "frames_total": 0,
-        "run_id": f"{cfg.seed}-{int(time.time())}-{os.getpid()}",
-        "dataset_episodes": len(dataset.episodes), "dataset_fingerprint": dataset_fingerprint(dataset),
-        "dagger_collected": False,
-    }
+    run = RunState(run_id=f"{cfg.seed}-{int(time.time())}-{os.getpid()}", dataset_episodes=len(dataset.episodes),
+                   dataset_fingerprint=runio.dataset_fingerprint(dataset))
     if saved is not None:
-        state = saved.state
-        _check_dataset_unchanged(dataset, state, cfg.data)
-        try:
-            policy.load_state_dict(saved.prefixed("model/"), strict=True)
-            if saved.best_config is not None:
-                best = (saved.prefixed("best/"), saved.best_config)
-                policy_best = build_policy(cfg.policy, image_hw=tuple(dataset.image_shape[:2]), seed=cfg.seed)
-                policy_best.load_state_dict(best[0], strict=True)
-        except RuntimeError as exc:
-            raise UserError(
-                f"--resume: the saved weights in {run_dir} do not match policy {cfg.policy!r} "
-                f"({str(exc).splitlines()[0]}); start a new --out"
-            ) from exc
-        _load_optimizer(opt, saved.tensors, saved.optimizer_groups)
-        torch.set_rng_state(saved.tensors["rng/torch"])
-        if dist.main and best is not None:
-            _repair_best_checkpoint(run_dir, policy_best, best[1])
+        run = RunState.from_dict(saved.run)
+        runio.check_dataset_unchanged(dataset, run, cfg.data)
+        best = saved.best
+        runio.restore(policy, opt, saved, cfg, run_dir, hw, dist)
     else:
-        warmup_loss = warm_up_cnn(policy, cfg, dataset)
+        with cnn_autocast(policy, device, bf16):
+            warmup_loss = warm_up_cnn(policy, cfg, dataset, device)
+            init_output_bias(policy, cfg, dataset, device)
         if warmup_loss is not None and dist.main:
-            print(f"CNN warm-up: {cfg.cnn_warmup_steps} steps on single frames, "
-                  f"loss {warmup_loss:.4f}", file=sys.stderr)
-        init_output_bias(policy, cfg, dataset)
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _clean_temp_files(run_dir)
-        if saved is None:  # record the run before the first epoch, so that it can be resumed
-            save_state(run_dir, policy, opt, cfg, state, best)
+            print(f"CNN warm-up: {cfg.cnn_warmup_steps} steps on single frames, loss {warmup_loss:.4f}",
+                  file=sys.stderr)
+    if dist.main and saved is None:  # record the run before the first epoch, so that it can be resumed
+        runio.save(run_dir, policy, opt, cfg, run, best)
     dist.barrier()
 
     model: nn.Module = nn.parallel.DistributedDataParallel(policy) if dist.world > 1 else policy
-    tb = _tensorboard(run_dir, dist)
-    while state["round"] <= cfg.dagger_rounds:
-        rnd = state["round"]
-        if rnd > 0 and not state["dagger_collected"]:
+    tb = runio.tensorboard(run_dir, dist)
+    while run.round <= cfg.dagger_rounds:
+        rnd = run.round
+        if rnd > 0 and not run.dagger_collected:
             # DAgger: the best policy of the previous round drives, the expert labels
             if best is not None:
                 policy.load_state_dict(best[0])
             if dist.main:
-                dagger_collect(policy, dataset, cfg, rnd, state["run_id"])
+                dagger_collect(policy, dataset, cfg, rnd, run.run_id)
             dist.barrier()
-            dataset = open_dataset(cfg.data)
+            dataset = runio.open_dataset(cfg.data)
             opt = make_optimizer(policy, cfg)  # fresh moments for the grown dataset
             best = None
-            state.update(dagger_collected=True, dataset_episodes=len(dataset.episodes),
-                         dataset_fingerprint=dataset_fingerprint(dataset))
+            run.dagger_collected = True
+            run.dataset_episodes, run.dataset_fingerprint = len(dataset.episodes), runio.dataset_fingerprint(dataset)
             if dist.main:
-                save_state(run_dir, policy, opt, cfg, state, best)
-        train_loader, val_loader = _loaders(cfg, dist, Path(cfg.data))
+                runio.save(run_dir, policy, opt, cfg, run, best)
 
-        while state["epoch"] < cfg.epochs and not state["stopped"]:
-            epoch = state["epoch"]
+        while run.epoch < cfg.epochs and not run.stopped:
+            epoch = run.epoch
             gen = _seed_everything(cfg, rnd, epoch, dist.rank)
-            train_loader.sampler.set_epoch(rnd * 100_000 + epoch)
+            loader, plan = _train_loader(cfg, dist, device, gen, rnd * 100_000 + epoch)
             desc = f"epoch {epoch + 1}/{cfg.epochs}" + (f" DAgger {rnd}" if rnd else "")
             row: dict[str, Any] = {"round": rnd, "epoch": epoch + 1}
-            row.update(train_epoch(model, policy, train_loader, opt, cfg, gen, dist, desc))
-            row.update(validate(policy, val_loader, cfg, dist))
-            state["frames_total"] += row["frames"]
+            with cnn_autocast(policy, device, bf16):
+                row.update(train_epoch(model, policy, loader, plan, opt, cfg, gen, dist, desc, device))
+                row.update(validate(policy, dataset, cfg, dist, device))
+            run.frames_total += row["frames"]
             score = row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]
-            improved = state["best_val"] is None or score < state["best_val"]
+            improved = math.isfinite(score) and (run.best_val is None or score < run.best_val)
             row["best"] = int(improved)
             if improved:
-                state.update(best_val=score, best_epoch=epoch + 1, since_best=0)
+                run.best_val, run.best_epoch, run.since_best = score, epoch + 1, 0
                 info = {"best": {"round": rnd, "epoch": epoch + 1, "val_loss": row["val_loss"],
                                  "val_mse": row["val_mse"], "train_loss": row["train_loss"]}}
                 best = ({k: v.detach().clone() for k, v in policy.state_dict().items()},
-                        _checkpoint_config(cfg, policy, dataset, info))
+                        runio.checkpoint_config(cfg, policy, dataset, info))
             else:
-                state["since_best"] += 1
-            state["epoch"] = epoch + 1
-            state["history"].append(row)
-            if cfg.patience and state["since_best"] >= cfg.patience:
-                state["stopped"] = True
+                run.since_best += 1
+            run.epoch = epoch + 1
+            run.history.append(row)
+            if cfg.patience and run.since_best >= cfg.patience:
+                run.stopped = True
             if dist.main:
                 if improved:
-                    save_checkpoint(run_dir, policy, best[1])
-                _write_metrics(run_dir, state["history"])
-                save_state(run_dir, policy, opt, cfg, state, best)
-                _log_epoch(row, improved, tb, len(state["history"]))
+                    runio.save_best(run_dir, policy, best[1])
+                runio.save(run_dir, policy, opt, cfg, run, best)
+                runio.log_epoch(row, improved, tb, len(run.history))
             dist.barrier()
         if rnd >= cfg.dagger_rounds:
             break  # the state stays at this round: --resume --epochs N can extend it
         # the next DAgger round starts from this round's best weights, with fresh counters
-        state.update(round=rnd + 1, epoch=0, best_val=None, best_epoch=None, since_best=0,
-                     stopped=False, dagger_collected=False)
+        run.round, run.epoch, run.best_val, run.best_epoch = rnd + 1, 0, None, None
+        run.since_best, run.stopped, run.dagger_collected = 0, False, False
         if dist.main:
-            save_state(run_dir, policy, opt, cfg, state, best)
+            runio.save(run_dir, policy, opt, cfg, run, best)
         dist.barrier()
     if tb is not None:
         tb.close()
-    vals = [r["val_loss"] for r in state["history"] if r["round"] == cfg.dagger_rounds]
+    vals = [r["val_loss"] for r in run.history if r["round"] == cfg.dagger_rounds]
     best_val = min((v for v in vals if not math.isnan(v)), default=float("nan"))
-    return TrainResult(run_dir=run_dir, best_val_loss=best_val, epochs_run=len(state["history"]),
-                       history=state["history"])
+    return TrainResult(run_dir=run_dir, best_val_loss=best_val, epochs_run=len(run.history), history=run.history)
 
 
-def _log_epoch(row: dict[str, Any], improved: bool, tb, step: int) -> None:
-    if tb is not None:
-        for key in ("train_loss", "train_mse", "val_loss", "val_mse", "frames_per_s"):
-            tb.add_scalar(key, row[key], step)
-    print(
-        f"round {row['round']} epoch {row['epoch']}: train loss {row['train_loss']:.4f} "
-        f"(mse {row['train_mse']:.4f})  val loss {row['val_loss']:.4f} (mse {row['val_mse']:.4f})  "
-        f"{row['frames_per_s']:.0f} frames/s" + ("  *best" if improved else ""),
-        file=sys.stderr,
-    )
+def _seed_everything(cfg: TrainConfig, rnd: int, epoch: int, rank: int) -> torch.Generator:
+    """Seed the global RNG and return a generator for this (round, epoch, rank)."""
+    seed = (cfg.seed * 1_000_003 + rnd * 10_007 + epoch * 101 + rank) % (2**63 - 1)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
 
-
-def _repair_best_checkpoint(run_dir: Path, policy_best: nn.Module, config: dict) -> None:
-    """Rewrite RUN/model.safetensors + config.json from the training state if a kill tore them."""
-    from policies.checkpoint import load_policy, save_checkpoint
-
-    try:
-        loaded, _ = load_policy(run_dir)
-        ok = all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), policy_best.state_dict().values()))
-    except ValueError:
-        ok = False
-    if not ok:
-        save_checkpoint(run_dir, policy_best, config)
-
-
-def _check_dataset_unchanged(dataset, state: dict, data_root: str) -> None:
-    """On resume the data must be what the run saw, plus this run's own DAgger episodes."""
-    n = int(state.get("dataset_episodes", 0))
-    if len(dataset.episodes) < n or dataset_fingerprint(dataset, n) != state.get("dataset_fingerprint"):
-        raise UserError(
-            f"--resume: dataset {data_root} changed since this run was started (its episode index "
-            "no longer matches the run's fingerprint); train a new --out on the new data"
-        )
-    for ep in dataset.episodes[n:]:
-        if not (ep.meta.get("source") == "dagger" and ep.meta.get("run") == state.get("run_id")):
-            raise UserError(
-                f"--resume: dataset {data_root} gained episodes that this run did not record "
-                f"({ep.name}); train a new --out on the new data"
-            )

@@ -15,7 +15,10 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--out", "out", str, "run directory to create (model.safetensors, config.json, metrics.csv)"),
     ("--epochs", "epochs", int, "epochs per round (round 0 = behaviour cloning, then each DAgger round)"),
     ("--seq-len", "seq_len", int, "frames per training window (truncated back-propagation length)"),
-    ("--stride", "stride", int, "frames between window starts (0 = seq-len/2)"),
+    ("--stride", "stride", int, "frames between window starts (0 = (seq-len - burn-in)/2)"),
+    ("--burn-in", "burn_in", int,
+     "leading frames of each window that only warm the recurrent state up and get no loss "
+     "(0 ≤ K < seq-len; a window that starts its episode gets loss on every frame)"),
     ("--batch", "batch", int, "windows per optimisation step (per process under torchrun)"),
     ("--lr", "lr", float, "learning rate of the recurrent core and head"),
     ("--cnn-lr-factor", "cnn_lr_factor", float, "the CNN's learning rate is lr × this"),
@@ -28,6 +31,13 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--workers", "workers", int, "data-loading worker processes"),
     ("--threads", "threads", int, "torch threads per process"),
     ("--max-frames", "max_frames", int, "at most this many training frames per epoch (0 = all)"),
+    ("--augment", "augment", str,
+     "comma-separated augmentations: photometric (gamma, gain, colour cast), shadow (sliding "
+     "shadow edge), noise (pixel noise); 'default' = photometric,shadow; 'none' = off"),
+    ("--device", "device", str, "cpu, cuda or auto (cuda when available)"),
+    ("--precision", "precision", str,
+     "fp32, or bf16 (autocast of the perception CNN where the CPU/GPU has native bf16; the "
+     "recurrent cores stay fp32)"),
     ("--cnn-warmup-steps", "cnn_warmup_steps", int,
      "steps fitting the CNN with a temporary linear head on single frames before end-to-end training (0 = off)"),
     ("--dagger-rounds", "dagger_rounds", int, "DAgger rounds after behaviour cloning"),
@@ -46,8 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a policy by imitation (behaviour cloning, then DAgger)",
         description=(
             "Behaviour cloning on windows of recorded drives with truncated back-propagation "
-            "through time, the paper's recipe (steering-weighted loss, lower CNN learning rate, "
-            "shadow/brightness augmentation, per-image whitening), validation split by episode, "
+            "through time (optionally with a burn-in prefix or a state carried across windows), the "
+            "paper's recipe (steering-weighted loss, lower CNN learning rate, named augmentations, "
+            "per-image whitening), validation on whole held-out episodes, "
             "early stopping, then optional DAgger rounds in the simulator. Writes RUN/model.safetensors "
             "+ RUN/config.json (best epoch), RUN/metrics.csv and RUN/last/ (resume state). "
             "Multi-process: torchrun --nproc-per-node 2 -m driving train ..."
@@ -57,8 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default = defaults[name]
         shown = f" (default: {default})" if default not in ("", None) else ""
         p.add_argument(flag, dest=name, type=typ, default=None, help=text + shown)
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                   help="turn off shadow/brightness augmentation")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", default=None,
+                   help="turn off every augmentation (= --augment none)")
+    p.add_argument("--stateful", action="store_true", default=None,
+                   help="stateful truncated BPTT: carry the recurrent state across consecutive "
+                        "windows of an episode (each batch row drives whole episodes)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=run)
 
