@@ -56,6 +56,8 @@ from envs.contract import make_env as make_driving_env
 from policies.atomicio import atomic_write_json, jsonable
 
 DEVICES = ("cpu", "cuda", "auto")
+#: Episodes a worker drives side by side (scripts/bench_eval.py measured the choice; README).
+DEFAULT_BATCH_EPISODES = 8
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -555,6 +557,60 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
         R.save_contact_sheet(out / "contact_sheet.png", sheet_frame[0], sheet_frame[1],
                              list(C.CORRUPTIONS), seed=spec.seed)
     return report
+
+
+def env_slug(env_id: str) -> str:
+    """A folder name for an env id: ``liquid_drive/RandomRoad-v0`` → ``RandomRoad-v0``."""
+    return env_id.rsplit("/", 1)[-1].replace(":", "-")
+
+
+SUMMARY_COLUMNS = ("distance_m", "mean_abs_cross_track_m", "crashes", "completion_pct", "autonomy_pct")
+
+
+def evaluate_envs(spec: EvalSpec, env_ids: list[str], out_dir: str | os.PathLike, workers: int = 1,
+                  progress: bool = True, plots: bool = True) -> dict:
+    """`evaluate` on every env (same settings, same seeds): OUT/<env>/report.json each, plus
+    OUT/summary.json and OUT/summary.md, one row per (env, condition)."""
+    if not env_ids:
+        raise ValueError("no env ids given")
+    out = Path(out_dir)
+    slugs = [env_slug(e) for e in env_ids]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"env ids {env_ids} map to the same folder names {slugs}; give distinct ids")
+    reports = {}
+    for env_id, slug in zip(env_ids, slugs):
+        if progress:
+            print(f"eval on {env_id} → {out / slug}", file=sys.stderr)
+        reports[env_id] = evaluate(replace(spec, env_id=env_id), out / slug, workers=workers,
+                                   progress=progress, plots=plots)
+    rows = []
+    for env_id, rep in reports.items():
+        for r in rep["results"]:
+            rows.append({"env": env_id, "corruption": r["corruption"], "severity": r["severity"],
+                         "episodes": r["episodes"], **{k: r[k] for k in SUMMARY_COLUMNS},
+                         "intervention_causes": r.get("intervention_causes")})
+    lines = [f"# {reports[env_ids[0]]['policy']} on {len(env_ids)} envs",
+             "",
+             f"{spec.episodes} episodes × {spec.steps} steps per condition, seed {spec.seed}, "
+             f"intervention rule {spec.intervention}"
+             + (f" (lane invasion > {spec.lane_invasion_m} m)" if spec.intervention == "strict" else "") + ".",
+             "",
+             "| env | condition | distance m | mean \\|cross-track\\| m | interventions | completion % | autonomy % |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cond = "clean" if r["corruption"] == "none" else f"{r['corruption']} {r['severity']}"
+        lines.append(f"| {env_slug(r['env'])} | {cond} | {r['distance_m']:,.0f} | "
+                     f"{r['mean_abs_cross_track_m']:.3f} | {r['crashes']} | {r['completion_pct']:.1f} | "
+                     f"{r['autonomy_pct']:.1f} |")
+    markdown = "\n".join(lines) + "\n"
+    summary = {"policy": reports[env_ids[0]]["policy"], "checkpoint": reports[env_ids[0]]["checkpoint"],
+               "envs": env_ids, "reports": {e: f"{s}/report.json" for e, s in zip(env_ids, slugs)},
+               "rows": rows, "settings": reports[env_ids[0]]["settings"]}
+    atomic_write_json(out / "summary.json", summary)
+    from policies.atomicio import atomic_write_text
+
+    atomic_write_text(out / "summary.md", markdown)
+    return {**summary, "markdown": markdown}
 
 
 def _close(env: Any) -> None:
