@@ -121,6 +121,9 @@ class CfC(nn.Module):
             # ncps returns the last layer's states
             motor_int = np.arange(N - sizes[-1], N) if wired else np.arange(N)
         self.register_buffer("out_index", torch.as_tensor(np.asarray(motor_int, np.int64)), persistent=False)
+        # motor neurons in the external layout: wiring indices 0..M-1, or the last layer (ncps)
+        ext_motor = np.asarray(motor_int, np.int64) if self.ncps_compat else np.arange(w.output_dim)
+        self.register_buffer("ext_out_index", torch.as_tensor(ext_motor), persistent=False)
         self.register_buffer("state_in_index", torch.as_tensor(ext_to_int), persistent=False)
         self.register_buffer("state_out_index", torch.as_tensor(np.argsort(ext_to_int)), persistent=False)
 
@@ -320,6 +323,12 @@ class CfC(nn.Module):
             return sum(p.numel() for p in self.parameters() if p.requires_grad)
         n = int(self.mask_x.sum() + self.mask_new.sum() + self.mask_old.sum()) + self.bias.numel()
         return n + (2 * self.state_size if self.mode == "pure" else 0)
+
+    state_names = ("h",)
+
+    def outputs_from_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Motor outputs (…, output_size) from all states in the external layout (`policies.core`)."""
+        return states[..., self.ext_out_index]
 
     def initial_state(self, batch: int = 1) -> torch.Tensor:
         p = next(self.parameters())

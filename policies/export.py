@@ -24,76 +24,43 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.baselines import LSTMCore
 from policies.policy import Policy
 
 
 class PolicyStep(nn.Module):
-    """A policy's single step as a pure tensor function (the graph that gets exported)."""
+    """A policy's single step as a pure tensor function (the graph that gets exported).
+
+    CNN, then the core's `step_exportable` (`policies.core.Core`), then `Policy.steer`: the
+    same functions `Policy.step` runs, without the input checks and the C fast path.
+    """
 
     def __init__(self, policy: Policy) -> None:
         super().__init__()
         self.policy = policy
-        self.is_lstm = isinstance(policy.core, LSTMCore)
-        self.stateless = policy.core is None
+        self.state_names: tuple[str, ...] = policy.state_names
+        self.stateless = not self.state_names
         self.uses_time = policy.uses_time
 
     def input_names(self) -> list[str]:
-        names = ["image"]
-        if not self.stateless:
-            names += ["h", "c"] if self.is_lstm else ["h"]
+        names = ["image", *self.state_names]
         if self.uses_time:
             names.append("dt")
         return names
 
     def output_names(self) -> list[str]:
-        if self.stateless:
-            return ["steering"]
-        return ["steering", "h_out", "c_out"] if self.is_lstm else ["steering", "h_out"]
+        return ["steering", *(f"{n}_out" for n in self.state_names)]
 
     def forward(self, image: torch.Tensor, *rest: torch.Tensor):
         p = self.policy
         feats = p.cnn(image)  # (B, F): whitening inside
         rest = list(rest)
-        dt = rest.pop() / p.time_unit_s if self.uses_time else None
+        b = feats.shape[0]
+        dt = (rest.pop() / p.time_unit_s).reshape(b, 1) if self.uses_time else torch.ones_like(feats[:, :1])
         if self.stateless:
-            return torch.tanh(p.readout(feats)).squeeze(-1)
-        if hasattr(p.core, "step_exportable"):
-            b = feats.shape[0]
-            dt2 = dt.reshape(b, 1) if dt is not None else torch.ones_like(feats[:, :1])
-            if type(p.core).__name__ == "LTC":
-                y, h = _ltc_step_matmul(p.core, feats, rest[0], dt2)
-            else:
-                y, h = p.core.step_exportable(feats, rest[0], dt2)
-            return torch.tanh(p.readout(y)).squeeze(-1), h
-        hx = (rest[0], rest[1]) if self.is_lstm else rest[0]
-        timespans = dt.reshape(-1, 1) if dt is not None else None
-        y, h = p.core(feats.unsqueeze(1), hx, timespans)
-        steering = torch.tanh(p.readout(y[:, 0])).squeeze(-1)
-        if self.is_lstm:
-            return steering, h[0], h[1]
-        return steering, h
-
-
-def _ltc_step_matmul(core: nn.Module, x: torch.Tensor, h: torch.Tensor,
-                     dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`LTC.step_exportable` with gathers/scatters as one-hot matmuls.
-
-    The ONNX exporter refuses ``index_add`` with repeated target indices (several synapses
-    onto one neuron), which `LTC._unfold_ref` uses; a matmul with the (E, N) one-hot matrix
-    of synapse targets sums the same terms and exports as a plain MatMul. Same formula:
-    v ← (c·v + A + Σ a·E) / (D + Σ a), a = softplus(w)·σ(σ(v_src − μ)), K unfolds.
-    """
-    n = core.state_size
-    src_1h = nn.functional.one_hot(core.src, n).to(x.dtype).t()  # (N, E): v @ it = v[:, src]
-    dst_1h = nn.functional.one_hot(core.dst, n).to(x.dtype)  # (E, N): a @ it = Σ onto targets
-    A, D, c = core._frame_terms(x, dt[:, 0])
-    wp = core._pos(core.w)
-    v = h
-    for _ in range(core.ode_unfolds):
-        a = wp * torch.sigmoid(core.sigma * (v @ src_1h - core.mu))
-        v = (c * v + A + (a * core.erev) @ dst_1h) / (D + a @ dst_1h)
-    return core._map_outputs(v), v
+            return p.step_exportable(feats, p.initial_state(b), dt)[0]
+        h = tuple(rest) if len(self.state_names) > 1 else rest[0]
+        steering, h = p.step_exportable(feats, h, dt)
+        return (steering, *h) if isinstance(h, tuple) else (steering, h)
 
 
 def example_inputs(policy: Policy, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -101,11 +68,9 @@ def example_inputs(policy: Policy, batch: int = 1, seed: int = 0) -> tuple[torch
     g = torch.Generator().manual_seed(seed)
     h, w = policy.image_hw
     args: list[torch.Tensor] = [torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8, generator=g)]
-    if policy.core is not None:
-        n = policy.state_size
+    n = policy.state_size
+    for _ in policy.state_names:
         args.append(torch.randn(batch, n, generator=g) * 0.5)
-        if isinstance(policy.core, LSTMCore):
-            args.append(torch.randn(batch, n, generator=g) * 0.5)
     if policy.uses_time:
         args.append(policy.time_unit_s * (0.5 + torch.rand(batch, generator=g)))
     return tuple(args)

@@ -287,6 +287,12 @@ class LTC(nn.Module):
             x = x + self.input_b
         return x
 
+    state_names = ("h",)
+
+    def outputs_from_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Motor outputs (…, output_size) from all neuron states (…, units) (`policies.core`)."""
+        return self._map_outputs(states)
+
     def _map_outputs(self, v: torch.Tensor) -> torch.Tensor:
         y = v[..., : self.output_size]
         if self.output_w is not None:

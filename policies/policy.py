@@ -21,10 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from policies.baselines import LSTMCore
 from policies.cnn import PerceptionCNN
-
-State = Any  # a tensor (B, state_size), or a tuple (h, c) for the LSTM
+from policies.core import Core, State
 
 
 def _as_tensor(x: Any, what: str) -> torch.Tensor:
@@ -44,7 +42,7 @@ class Policy(nn.Module):
         self,
         name: str,
         cnn: PerceptionCNN,
-        core: nn.Module | None,
+        core: Core | None,
         readout: nn.Module,
         uses_time: bool,
         time_unit_s: float = 0.1,
@@ -54,6 +52,12 @@ class Policy(nn.Module):
         if not time_unit_s > 0:
             raise ValueError(f"time_unit_s must be > 0 seconds, got {time_unit_s}")
         self.name = name
+        if core is not None and not isinstance(core, Core):
+            missing = [m for m in ("state_size", "output_size", "state_names", "initial_state",
+                                   "forward", "step", "step_exportable", "outputs_from_states")
+                       if not hasattr(core, m)]
+            raise ValueError(f"{name}: the core {type(core).__name__} does not satisfy "
+                             f"policies.core.Core (missing {', '.join(missing)})")
         self.cnn = cnn
         self.core = core
         self.readout = readout
@@ -93,23 +97,22 @@ class Policy(nn.Module):
     # ------------------------------------------------------------------ state
     def initial_state(self, batch: int = 1) -> State:
         """Zero state for `batch` sequences (a (B,0) tensor for the stateless CNN policy)."""
-        ref = self.readout.out.weight if self.core is None else next(self.parameters())
         if self.core is None:
-            return ref.new_zeros(batch, 0)
-        if hasattr(self.core, "initial_state"):
-            return self.core.initial_state(batch)
-        return ref.new_zeros(batch, self.core.state_size)
+            return self.readout.out.weight.new_zeros(batch, 0)
+        return self.core.initial_state(batch)
 
     def _check_state(self, hx: State, batch: int) -> None:
+        """The state must have the structure of `initial_state(batch)` (a tensor or a tuple)."""
         size = self.state_size
-        if isinstance(self.core, LSTMCore):
-            ok = (isinstance(hx, (tuple, list)) and len(hx) == 2
+        names = ("h",) if self.core is None else tuple(self.core.state_names)
+        if len(names) > 1:
+            ok = (isinstance(hx, (tuple, list)) and len(hx) == len(names)
                   and all(isinstance(t, torch.Tensor) and tuple(t.shape) == (batch, size)
                           for t in hx))
             if not ok:
                 raise ValueError(
-                    f"{self.name} state must be a tuple (h, c) of two ({batch}, {size}) tensors "
-                    f"(see initial_state), got {_describe(hx)}"
+                    f"{self.name} state must be a tuple ({', '.join(names)}) of {len(names)} "
+                    f"({batch}, {size}) tensors (see initial_state), got {_describe(hx)}"
                 )
             return
         if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != (batch, size):
@@ -157,33 +160,29 @@ class Policy(nn.Module):
         return ts.to(self.cnn.head_weight.device, torch.float32) / self.time_unit_s
 
     # ------------------------------------------------------------------ compute
+    def steer(self, out: torch.Tensor) -> torch.Tensor:
+        """Steering in [−1, 1] from the core's output (…, F): readout, then tanh (module doc).
+
+        The one place where steering is bounded: the sequence path, `step` and the exported
+        step (`policies.export.PolicyStep`) all end here.
+        """
+        return torch.tanh(self.readout(out)).squeeze(-1)
+
     def _run(
         self, feats: torch.Tensor, hx: State, dt: torch.Tensor | None, want_states: bool
     ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """Core + readout on CNN features (B,T,F), no input checks (also used for export)."""
         if self.core is None:
-            hidden = self.readout.features(feats)
-            steering = torch.tanh(self.readout.out(hidden)).squeeze(-1)
-            return steering, hx, hidden if want_states else None
+            hidden = self.readout.features(feats) if want_states else None
+            return self.steer(feats), hx, hidden
         dt = dt if self.uses_time else None
         if want_states:
             states, h = self.core(feats, hx, dt, return_states=True)
-            out = self._motor(states) if self._liquid else states
+            out = self.core.outputs_from_states(states)
         else:
             out, h = self.core(feats, hx, dt)
             states = None
-        steering = torch.tanh(self.readout(out)).squeeze(-1)
-        return steering, h, states
-
-    def _motor(self, states: torch.Tensor) -> torch.Tensor:
-        """A liquid core's output from all its states (motor neurons, then its output map)."""
-        if hasattr(self.core, "_map_outputs"):
-            return self.core._map_outputs(states)
-        return states[..., : self.core.output_size]
-
-    @property
-    def _liquid(self) -> bool:
-        return hasattr(self.core, "wiring")
+        return self.steer(out), h, states
 
     def forward(
         self,
@@ -248,15 +247,60 @@ class Policy(nn.Module):
             dt_units = self._time_units(ts.reshape(b, 1), b, 1)
         if not self.uses_time:
             dt_units = dt_scalar = None
-        feats = self.cnn(frames)
-        if self.core is not None and hasattr(self.core, "step"):
-            # The liquid cells' own closed-loop step (cached parameter transforms).
-            y, h = self.core.step(feats, h, dt_scalar if dt_units is None else dt_units[:, 0])
-            return torch.tanh(self.readout(y)).squeeze(-1), h
-        if dt_scalar is not None:
-            dt_units = torch.full((b, 1), dt_scalar, device=feats.device)
+        return self._step(self.cnn(frames), h, dt_scalar if dt_units is None else dt_units[:, 0])
+
+    def _step(self, feats: torch.Tensor, h: State,
+              dt: float | torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """One step on CNN features (B,F); ``dt`` None, a float or (B,) in time units.
+
+        The core's own step (`policies.core.Core`: the C kernels for the liquid cells), then
+        `steer`. A subclass that overrides `_run` only gets `_step_via_run` instead (see
+        ``__init_subclass__``), so its step and its sequence stay the same function.
+        """
+        if self.core is None:
+            return self.steer(feats), h
+        y, h = self.core.step(feats, h, dt)
+        return self.steer(y), h
+
+    def step_exportable(self, feats: torch.Tensor, h: State,
+                        dt: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """The pure step on CNN features (B,F), dt (B,1) time units: no checks, no fast path.
+
+        What `policies.export.PolicyStep` traces; equals `_step` (tested).
+        """
+        if self.core is None:
+            return self.steer(feats), h
+        y, h = self.core.step_exportable(feats, h, dt)
+        return self.steer(y), h
+
+    def _step_via_run(self, feats: torch.Tensor, h: State,
+                      dt: float | torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """`_step` as a length-1 sequence through `_run` (for subclasses that change `_run`)."""
+        b = feats.shape[0]
+        if isinstance(dt, float):
+            dt = torch.full((b,), dt, device=feats.device)
+        dt_units = None if dt is None else dt.reshape(b, 1)
         steering, h, _ = self._run(feats.unsqueeze(1), h, dt_units, False)
         return steering[:, 0], h
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_run" in cls.__dict__:  # a new sequence map: its step is that map on one frame
+            if "_step" not in cls.__dict__:
+                cls._step = Policy._step_via_run  # type: ignore[method-assign]
+            if "step_exportable" not in cls.__dict__:
+                cls.step_exportable = Policy._step_via_run  # type: ignore[method-assign]
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the state tensors (ONNX inputs): () when stateless, ("h", "c") for (h, c)."""
+        if self.state_size == 0:
+            return ()
+        init = self.initial_state(1)
+        if isinstance(init, torch.Tensor):
+            return ("h",)
+        return tuple(self.core.state_names) if self.core is not None else tuple(
+            f"h{i}" for i in range(len(init)))
 
 
 def _describe(x: Any) -> str:

@@ -11,7 +11,11 @@ from policies.factory import POLICY_NAMES, REGISTRY, build_policy, rebuild
 from policies.wiring import Wiring
 
 HW = (24, 40)  # tiny frames keep the suite fast; the CNN's sizes follow the input
-LIQUID = ("ncp-cfc", "ncp-ltc", "ncp-random", "ncp-full")
+LIQUID = ("ncp-cfc", "ncp-ltc", "ncp-random", "ncp-full", "ltc-random", "ltc-full", "cfc-random",
+          "cfc-full")
+# policies whose output depends on the elapsed time (the EMA controls filter with the real Δt;
+# the time-blind LTC integrates one nominal interval per frame whatever it is given)
+USES_TIME = (*LIQUID, "ctrnn", "cnn-ema", "lstm-ema")
 
 
 def frames(b, t, seed=0, hw=HW):
@@ -25,7 +29,9 @@ def policies():
 
 
 def test_names_and_registry():
-    assert POLICY_NAMES == ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full")
+    assert POLICY_NAMES == ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full",
+                            "ltc-random", "ltc-full", "cfc-random", "cfc-full", "cnn-ema", "lstm-ema",
+                            "ncp-ltc-timeblind")  # the controls of issue 16 (policies/controls.py)
     assert tuple(REGISTRY) == POLICY_NAMES
 
 
@@ -74,7 +80,8 @@ def test_neuron_states(policies, name):
     p = policies[name]
     states = p.neuron_states(frames(2, 3))
     assert states.shape == (2, 3, p.units)
-    expected_units = {"lstm": 64, "gru": 64, "ctrnn": 64, "cnn": 10}.get(name, 19)
+    expected_units = {"lstm": 64, "gru": 64, "ctrnn": 64, "cnn": 10, "lstm-ema": 64,
+                      "cnn-ema": 10}.get(name, 19)
     assert p.units == expected_units
     steer, _, st2 = p(frames(2, 3), return_states=True)
     assert torch.allclose(st2, states)
@@ -95,7 +102,7 @@ def test_elapsed_time_matters_only_for_continuous_time_cores(policies, name):
     x = frames(1, 3)
     a, _ = p(x, timespans=torch.full((1, 3), 0.1))
     b, _ = p(x, timespans=torch.full((1, 3), 0.4))
-    expect = name in LIQUID or name == "ctrnn"
+    expect = name in USES_TIME
     assert p.uses_time == expect
     if expect:
         assert not torch.allclose(a, b, atol=1e-7)
@@ -249,3 +256,31 @@ def test_float_dt_and_tensor_dt_steps_agree(policies, name):
         p.step(x[0, 0], None, dt=-0.1)
     s32, _ = p.step(x[0, 0], None, dt=np.float32(0.15))  # an env's numpy dt
     assert torch.allclose(s32, steer[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_core_satisfies_the_core_protocol_and_one_step_function(policies, name):
+    """Policy.step (fast paths) and the pure exported step give the same steering and state."""
+    from policies.core import Core
+
+    p = policies[name]
+    assert p.core is None or isinstance(p.core, Core)
+    x = frames(2, 1, seed=9)[:, 0]
+    h0 = p.initial_state(2)
+    dt = torch.tensor([0.1, 0.25])
+    with torch.no_grad():
+        s_fast, h_fast = p.step(x, h0, dt=dt)
+        feats = p.cnn(x)
+        s_pure, h_pure = p.step_exportable(feats, h0, (dt / p.time_unit_s).reshape(2, 1)
+                                           if p.uses_time else torch.ones(2, 1))
+    flat = lambda s: torch.cat([v.reshape(-1) for v in s]) if isinstance(s, tuple) else s.reshape(-1)  # noqa: E731
+    assert torch.allclose(s_fast, s_pure, atol=1e-6)
+    assert torch.allclose(flat(h_fast), flat(h_pure), atol=1e-6)
+
+
+def test_a_core_without_the_protocol_is_refused():
+    from policies.cnn import PerceptionCNN
+    from policies.policy import Policy
+
+    with pytest.raises(ValueError, match="policies.core.Core"):
+        Policy("x", PerceptionCNN(HW), torch.nn.GRU(32, 8), torch.nn.Linear(8, 1), uses_time=False)
