@@ -127,6 +127,7 @@ class TubReader:
         after_deleted = False
         images = self.tub / "images"
         nan = float("nan")
+        base: float | None = None  # first timestamp: times relative to it keep ms exact
         for pos, rec, cat in self.raw():
             if rec is None:
                 yield Record(pos, nan, nan, None, extra={"skip": "bad_record", "where": cat})
@@ -144,10 +145,12 @@ class TubReader:
                 after_deleted = True  # a pilot-driven stretch is a hole in the human drive
                 yield Record(idx, nan, nan, None, extra={"skip": "mode", "where": f"user/mode={mode}"})
                 continue
-            ts = rec.get("_timestamp_ms")
+            ts = _num(rec.get("_timestamp_ms"))
+            if base is None and ts == ts:
+                base = ts
             name = rec.get(IMAGE_KEY)
             yield Record(
-                key=idx, time_s=nan if ts is None else _num(ts) / 1000.0,
+                key=idx, time_s=(ts - base) / 1000.0 if base is not None else nan,
                 steering=_num(rec.get(ANGLE_KEY)),
                 image=os.fspath(images / name) if isinstance(name, str) and name else "",
                 session=f"{self.tub.name}/{rec.get('_session_id', '')}",

@@ -42,8 +42,8 @@ def find_log(src: Path) -> Path:
     return src
 
 
-def stamp_seconds(name: str) -> float | None:
-    """Seconds since the epoch from a simulator file name, None when it has no stamp."""
+def stamp_ms(name: str) -> int | None:
+    """Milliseconds since the epoch from a simulator file name, None when it has no stamp."""
     m = _STAMP.search(os.path.basename(name))
     if not m:
         return None
@@ -52,7 +52,7 @@ def stamp_seconds(name: str) -> float | None:
         t = _dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=_dt.timezone.utc)
     except ValueError:
         return None
-    return t.timestamp() + int(ms) / (10 ** len(ms))
+    return int(t.timestamp()) * 1000 + int(round(int(ms) * 1000 / 10 ** len(ms)))
 
 
 class UdacityLog:
@@ -87,7 +87,7 @@ class UdacityLog:
             self.rows = rows
         if not self.rows:
             raise UserError(f"{self.log} has a header but no rows")
-        if rate_hz is None and stamp_seconds(self._cell(self.rows[0], "center")) is None:
+        if rate_hz is None and stamp_ms(self._cell(self.rows[0], "center")) is None:
             raise UserError(f"image names in {self.log} carry no timestamp (center_YYYY_MM_DD_HH_MM_SS_mmm.jpg); "
                             "give --rate HZ, the rate the rows were recorded at")
 
@@ -111,7 +111,7 @@ class UdacityLog:
         return v if os.path.isabs(v) else os.fspath(rel)
 
     def records(self, camera: str) -> Iterator[Record]:
-        t0 = None
+        base: int | None = None  # first stamp: times relative to it keep ms exact
         for i, row in enumerate(self.rows):
             name = self._cell(row, camera)
             if camera != "center" and not name:
@@ -121,10 +121,10 @@ class UdacityLog:
             if self.rate_hz is not None:
                 t = i / self.rate_hz
             else:
-                t = stamp_seconds(self._cell(row, "center") or name)
-                t = float("nan") if t is None else t
-            if t0 is None and t == t:
-                t0 = t
+                ms = stamp_ms(self._cell(row, "center") or name)
+                if ms is not None and base is None:
+                    base = ms
+                t = float("nan") if ms is None or base is None else (ms - base) / 1000.0
             yield Record(
                 key=i + 1, time_s=t, steering=_float(self._cell(row, "steering")),
                 image=self.resolve(name) if name else "",
