@@ -664,6 +664,10 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResul
     device = runio.resolve_device(cfg.device)
     bf16 = runio.check_precision(cfg.precision, device)
     dataset = runio.open_dataset(cfg.data)
+    if cfg.dagger_rounds > 0:  # recorded real drives have no simulator to roll out in
+        from driving.importers import require_simulator
+
+        require_simulator(dataset)
     hw = tuple(dataset.image_shape[:2])
 
     policy = build_policy(cfg.policy, image_hw=hw, seed=cfg.seed).to(device)
