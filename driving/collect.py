@@ -1,8 +1,9 @@
 """Record drives into a dataset: expert drives with DART noise, or policy drives (DAgger).
 
-Why the split between `record_episode` and `collect`: the recording loop only needs an env,
-a writer and something that picks the executed steering, so DAgger reuses it with a policy
-as the action source while the label stays the expert's (`info["expert_steering"]`).
+`record_episode` folds the shared closed-loop drive (`driving.rollout.drive`: one loop, one
+intervention rule, one recovery) into dataset rows (`dataset_row`); DAgger calls the same
+function with its policy/expert mixture as the actor, so expert and policy drives store
+the same columns (the label is always the expert's, the action the executed steering).
 `collect` adds env creation, resume (seeds already recorded are skipped), worker processes
 and the progress bar.
 
@@ -14,8 +15,6 @@ from the small drifts a learned policy makes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
 import os
 import queue
@@ -34,16 +33,39 @@ from driving.dataset import (
     DatasetWriter,
 )
 from driving.errors import UserError
+from driving.interventions import STRICT, InterventionRule
+from driving.rollout import Actor, ExpertActor, NoisyActor, Step, drive, jittered_timing
+from envs.contract import as_driving_env
+from envs.contract import make_env as make_driving_env
+from policies.atomicio import jsonable
 
 
 class ActionSource(Protocol):
-    """Chooses the executed steering from the observation (and `info`, with the expert label).
+    """A plain callable that chooses the executed steering from the observation and `info`
+    (kept for scripts written before `driving.rollout.Actor`; an Actor is preferred).
 
-    An optional `reset(seed)` method is called at the start of every episode (recurrent
-    policies clear their state there).
+    An optional `reset(seed)` method is called at the start of every episode.
     """
 
     def __call__(self, obs: Mapping[str, Any], info: Mapping[str, Any]) -> float: ...
+
+
+class _CallableActor:
+    """An `ActionSource` callable as a `driving.rollout.Actor`."""
+
+    def __init__(self, fn: Any, seed: int) -> None:
+        self.fn, self.seed = fn, seed
+
+    def reset(self) -> None:
+        reset = getattr(self.fn, "reset", None)
+        if callable(reset):
+            try:
+                reset(self.seed)
+            except TypeError:
+                reset()
+
+    def act(self, frame: np.ndarray, dt_s: float, info: Mapping[str, Any]) -> float:
+        return float(self.fn({"image": frame, "speed": np.array([info.get("speed_mps", 0.0)], np.float32)}, info))
 
 
 @dataclass
@@ -76,41 +98,32 @@ class CollectResult:
 
 
 def env_camera(env: Any) -> dict[str, Any]:
-    """Camera description of an env: `config["camera"]`, or the image size of its obs space."""
-    cfg = getattr(env.unwrapped, "config", None) or {}
-    cam = cfg.get("camera") or {}
-    if dataclasses.is_dataclass(cam) and not isinstance(cam, type):
-        cam = dataclasses.asdict(cam)
-    cam = dict(cam)
-    if "height" not in cam or "width" not in cam:
-        shape = env.observation_space["image"].shape
-        cam.update(height=int(shape[0]), width=int(shape[1]))
-    return cam
+    """Camera description of an env (`DrivingEnv.camera`, JSON-safe)."""
+    return dict(as_driving_env(env).camera)
 
 
 def env_config(env: Any) -> dict[str, Any]:
     """The env's config dict (JSON-safe copy), stored with every episode."""
-    cfg = getattr(env.unwrapped, "config", None) or {}
-    return json.loads(json.dumps(cfg, default=_json_default))
+    return jsonable(as_driving_env(env).config)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return repr(o)
-
-
-#: `info` keys (after a step) with the steering the env really applied (env-side DART noise,
-#: CARLA's applied control), preferred over the commanded action when present.
-EXECUTED_KEYS = ("executed_steering", "applied_steering")
-
-
-def _nominal_dt(env: Any) -> float:
-    cfg = getattr(env.unwrapped, "config", None) or {}
-    f = cfg.get("policy_frequency")
-    return 1.0 / float(f) if f else 0.1
+def dataset_row(step: Step, optional: list[str], nominal_dt: float) -> dict[str, Any]:
+    """The dataset row of one control step (docs/dataset.md): the expert's label for the
+    frame, the steering the env executed after it, speed, time, the frame's arrival
+    interval, and the privileged state of the frame's `info` — the same for expert drives
+    (`collect`) and policy drives (DAgger)."""
+    info, obs = step.info, step.obs
+    dt = float(info.get("dt_s", 0.0) or 0.0)
+    row = {
+        "steering": float(info["expert_steering"]),
+        "action": float(step.executed),
+        "speed": float(np.asarray(obs["speed"]).reshape(-1)[0]),
+        "time_s": float(info.get("time_s", 0.0)),
+        "dt_s": dt if dt > 0 else nominal_dt,
+    }
+    for k in optional:
+        row[k] = info.get(k, 0)
+    return row
 
 
 def record_episode(
@@ -120,104 +133,83 @@ def record_episode(
     seed: int,
     max_steps: int,
     action_source: ActionSource | Callable[..., float] | None = None,
+    actor: Actor | None = None,
     dart_noise: float = 0.0,
     rng: np.random.Generator | None = None,
     source: str = "expert",
     env_id: str | None = None,
     meta: Mapping[str, Any] | None = None,
     dt_jitter: float = 0.0,
+    rule: InterventionRule = STRICT,
+    recover: bool = True,
     on_frames: Callable[[int], None] | None = None,
     wait: bool = True,
 ) -> EpisodeResult:
-    """Drive one episode and commit it; returns its id and length.
+    """Drive one episode with the shared closed-loop drive (`driving.rollout.drive`) and
+    commit it; returns its id and length.
 
-    Step t stores the frame the agent saw, the expert label for that frame, the executed
-    steering (action source, expert by default, plus recorder-side DART noise `dart_noise`,
-    clipped to [-1, 1]; when the env reports what it applied, e.g. its own DART noise in
-    `info["executed_steering"]`, that value), speed, time and the privileged state of
-    `info`. The episode ends after `max_steps` frames or when the env terminates/truncates
-    (the frame after the last step is not stored: it has no executed action).
-    `dt_jitter` > 0 draws each frame interval from nominal·U(1−j, 1+j) via
-    `env.unwrapped.advance` (irregular time for liquid cores).
-    `wait=False` flushes and commits on the writer's committer thread (call `writer.wait()`).
+    The actor is the expert by default, or ``actor`` (a `driving.rollout.Actor`, e.g.
+    DAgger's policy/expert mixture), or ``action_source`` (a callable of (obs, info)).
+    Recorder-side DART noise ``dart_noise`` is added to the actor's steering (envs that add
+    it themselves report it in ``info["executed_steering"]``). Row t (`dataset_row`) holds
+    the frame the actor saw, the expert's label for it and the steering the env executed.
+    An intervention (the shared rule) is counted in the episode's metadata and, with
+    ``recover``, the car is put back on its lane as in evaluation. The episode ends after
+    ``max_steps`` frames or when the env ends it. ``dt_jitter`` > 0 draws each frame
+    interval from nominal·U(1−j, 1+j) (irregular time for liquid cores). ``wait=False``
+    flushes and commits on the writer's committer thread (call `writer.wait()`).
     """
     if max_steps < 1:
         raise ValueError(f"steps must be >= 1, got {max_steps}")
     if not (math.isfinite(dart_noise) and dart_noise >= 0):
-        raise ValueError(f"--dart-noise must be a finite std >= 0, got {dart_noise}")
+        raise ValueError(f"DART noise must be a finite std >= 0, got {dart_noise}")
     if not 0 <= dt_jitter < 1:
         raise ValueError(f"dt_jitter must be in [0, 1), got {dt_jitter}")
+    if actor is not None and action_source is not None:
+        raise ValueError("give an actor or an action_source, not both")
     rng = rng if rng is not None else np.random.default_rng(seed + 7_919)
     t0 = time.perf_counter()
-    obs, info = env.reset(seed=int(seed))
-    reset = getattr(action_source, "reset", None)
-    if callable(reset):
-        try:
-            reset(seed)
-        except TypeError:
-            reset()
-    unwrapped = env.unwrapped
-    advance = getattr(unwrapped, "advance", None) if dt_jitter > 0 else None
-    if dt_jitter > 0 and advance is None:
-        raise ValueError("dt_jitter needs an env with `unwrapped.advance(action, dt_s)`")
-    nominal = _nominal_dt(env)
+    denv = as_driving_env(env)
+    chosen: Actor = actor or (ExpertActor() if action_source is None else _CallableActor(action_source, seed))
+    if dart_noise > 0:
+        chosen = NoisyActor(chosen, dart_noise, rng)
+    nominal = float(denv.nominal_dt)
     ep_meta = {
         "env_id": env_id or getattr(getattr(env, "spec", None), "id", None) or writer.env_id,
-        "env_config": env_config(env),
+        "env_config": env_config(denv),
         "seed": int(seed),
         "source": source,
         "dart_noise": float(dart_noise),
         "dt_jitter": float(dt_jitter),
         "max_steps": int(max_steps),
+        **rule.settings(),
         **dict(meta or {}),
     }
     builder = writer.begin_episode(ep_meta)
     save_depth = writer.save_depth
-    optional = [k for k in OPTIONAL_STEPS if k in info]
-    executed_key = next((k for k in EXECUTED_KEYS if k in info), None)
+    optional: list[str] | None = None
     pending = 0
     ended_by = "steps"
-    sim_time = 0.0
+    causes: dict[str, int] = {}
     try:
-        for t in range(max_steps):
-            label = float(info["expert_steering"])
-            a = label if action_source is None else float(action_source(obs, info))
-            if dart_noise > 0:
-                a += float(rng.normal(0.0, dart_noise))
-            a = min(1.0, max(-1.0, a))
-            dt = float(info.get("dt_s", 0.0) or 0.0)
-            if t == 0 and dt <= 0:
-                dt = nominal
-            sim_time = float(info["time_s"]) if "time_s" in info else sim_time + (dt if t else 0)
-            steps = {
-                "steering": label,
-                "action": a,
-                "speed": float(np.asarray(obs["speed"]).reshape(-1)[0]),
-                "time_s": sim_time,
-                "dt_s": dt,
-            }
-            for k in optional:
-                steps[k] = info.get(k, 0)
-            frame, depth = obs["image"], info.get("depth") if save_depth else None
-            act = np.array([a], dtype=np.float32)
-            # step before storing: the env may add its own DART noise, and the frame's record
-            # must hold the steering that was really executed after it
-            if advance is not None:
-                step_dt = nominal * float(rng.uniform(1 - dt_jitter, 1 + dt_jitter))
-                obs, _, terminated, truncated, info = advance(act, step_dt)
-            else:
-                obs, _, terminated, truncated, info = env.step(act)
-            if executed_key is not None:
-                steps["action"] = float(info[executed_key])
-            builder.add(frame, steps, depth)
+        run = drive(denv, chosen, max_steps, seed=int(seed), rng=rng,
+                    timing=jittered_timing(dt_jitter) if dt_jitter > 0 else None, rule=rule, recover=recover)
+        for st in run:
+            if optional is None:
+                optional = [k for k in OPTIONAL_STEPS if k in st.info]
+            depth = st.info.get("depth") if save_depth else None
+            builder.add(st.obs["image"], dataset_row(st, optional, nominal), depth)
+            if st.intervention is not None:
+                causes[st.intervention] = causes.get(st.intervention, 0) + 1
             pending += 1
             if on_frames is not None and pending >= 16:
                 on_frames(pending)
                 pending = 0
-            if terminated or truncated:
-                ended_by = "terminated" if terminated else "truncated"
-                break
+            if st.ended and not st.recovered:
+                ended_by = "terminated" if st.terminated else "truncated"
         builder.meta["ended_by"] = ended_by
+        builder.meta["interventions"] = int(sum(causes.values()))
+        builder.meta["intervention_causes"] = causes
         length = len(builder)
         ep_id = builder.commit() if wait else builder.commit_async()
     except BaseException:
@@ -228,17 +220,13 @@ def record_episode(
     return EpisodeResult(ep_id, int(seed), length, time.perf_counter() - t0)
 
 
-def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> Any:
-    """`gymnasium.make` after importing our envs, with a clear error for an unknown id."""
-    import gymnasium as gym
-
-    with contextlib.suppress(ImportError):
-        import envs  # noqa: F401  (registers liquid_drive/*)
+def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None, *,
+             max_steps: int | None = None) -> Any:
+    """`envs.contract.make_env` with bad ids and keys as a `UserError` (exit 2)."""
     try:
-        return gym.make(env_id, **dict(env_kwargs or {}))
-    except gym.error.Error as exc:
-        known = sorted(k for k in gym.registry if k.startswith("liquid_drive/"))
-        raise UserError(f"unknown or unusable env {env_id!r} ({exc}); known: {known}") from exc
+        return make_driving_env(env_id, env_kwargs, max_steps=max_steps)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def make_collect_env(
@@ -252,7 +240,7 @@ def make_collect_env(
     """
     kwargs = dict(env_kwargs or {})
     env = make_env(env_id, kwargs)
-    cfg = getattr(env.unwrapped, "config", None) or {}
+    cfg = env.config
     changed = False
     recorder_dart = dart_noise
     if "dart_noise" in cfg and "dart_noise" not in kwargs:

@@ -239,6 +239,14 @@ def make_env(env_id: str, overrides: Mapping[str, Any] | None = None,
 
     import envs  # noqa: F401  (registers liquid_drive/*)
 
+    if isinstance(env_id, str) and ":" in env_id:  # gymnasium's "module:EnvId": import, then make
+        import importlib
+
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"cannot import {module!r} for env {env_id!r}: {exc}") from exc
     ids = _env_ids()
     if not isinstance(env_id, str) or env_id not in gym.registry:
         raise ValueError(f"unknown env id {env_id!r}; choose one of {', '.join(ids)}")

@@ -87,12 +87,18 @@ def test_dagger_action_source_and_jitter(tmp_path):
         def __call__(self, obs, info):
             return 0.3  # a bad policy that always steers right
 
+    # recover=False: the physics check below needs the uninterrupted drift (the strict rule
+    # still counts the lane invasions in the metadata)
     r = record_episode(
-        env, w, seed=4, max_steps=25, action_source=Policy(), source="dagger", dt_jitter=0.5
+        env, w, seed=4, max_steps=25, action_source=Policy(), source="dagger", dt_jitter=0.5,
+        recover=False,
     )
     ds = Dataset(tmp_path / "ds")
     assert Policy.resets == 1 and r.length == 25
     assert ds.episodes[0].meta["source"] == "dagger"
+    assert ds.episodes[0].meta["intervention"] == "strict"
+    causes = ds.episodes[0].meta["intervention_causes"]
+    assert ds.episodes[0].meta["interventions"] == sum(causes.values()) and causes["lane_invasion"] > 0
     np.testing.assert_allclose(ds.steps(0, "action"), 0.3, rtol=1e-6)
     dt = ds.steps(0, "dt_s")
     assert dt.min() >= 0.05 - 1e-6 and dt.max() <= 0.15 + 1e-6 and dt[1:].std() > 0.01
