@@ -91,7 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from driving.importers import ImportOptions, format_summary, run_import
+    from driving.outputs import check_out_dir
 
+    # before the source is read: --out under a file, onto a file, or holding a run/report;
+    # an existing dataset is appended to (or resumed)
+    check_out_dir(args.out, "dataset", existing="append")
     if args.format != "video" and args.labels is not None:
         raise UserError(f"--labels is for --format video; a {args.format} source carries its own labels")
     speed_scale = args.speed_scale
