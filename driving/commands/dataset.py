@@ -13,11 +13,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Inspect (info) or check every chunk and boundary (verify) of a dataset.",
     )
     sub = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
-    info = sub.add_parser("info", help="print a summary (episodes, frames, size, camera)")
+    info = sub.add_parser(
+        "info",
+        help="print a summary (episodes, frames, size, camera); exit 2 when the store is damaged",
+        description="Summarise a dataset after a quick structural check (metadata, every chunk "
+        "file present; no chunk decoded: that is `verify`). A damaged store prints a warning "
+        "on stderr and exits 2.",
+    )
     info.add_argument("dir", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run_info)
-    ver = sub.add_parser("verify", help="decode every chunk, check boundaries; exit 1 when damaged")
+    ver = sub.add_parser(
+        "verify",
+        help="decode every chunk, check boundaries, label ranges and finite values; exit 1 when damaged",
+    )
     ver.add_argument("dir", help="dataset directory")
     ver.add_argument("--json", action="store_true", help="print JSON")
     ver.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -26,12 +35,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from driving.dataset import Dataset
+    import sys
+
+    from driving.dataset import Dataset, verify
 
     s = Dataset(args.dir).summary()
+    check = verify(args.dir, decode=False)
+    s["damaged"] = not check.ok
+    s["problems"] = check.problems
+    code = 0
+    if not check.ok:
+        shown = "; ".join(check.problems[:3]) + (" ..." if len(check.problems) > 3 else "")
+        print(
+            f"WARNING: dataset {args.dir} is DAMAGED ({len(check.damaged_episodes)} episode(s), "
+            f"{len(check.problems)} problem(s): {shown}); run `driving dataset verify {args.dir}` "
+            "and re-record or drop the damaged episodes",
+            file=sys.stderr,
+        )
+        code = 2
     if args.json:
         print(json.dumps(s, indent=1))
-        return 0
+        return code
     h, w, _ = s["image_shape"]
     print(f"dataset        {s['root']}")
     print(f"schema         v{s['schema_version']} ({s['created_by']})")
@@ -55,7 +79,9 @@ def run_info(args: argparse.Namespace) -> int:
         print(
             f"leftovers      {s['uncommitted_leftovers']} uncommitted episode(s) from a killed recorder (ignored)"
         )
-    return 0
+    if code:
+        print(f"DAMAGED        {len(check.problems)} problem(s); see the warning above")
+    return code
 
 
 def run_verify(args: argparse.Namespace) -> int:

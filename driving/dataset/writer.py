@@ -100,23 +100,21 @@ def _half_created_problem(root: Path) -> str | None:
     """Why `root` (a folder without a root zarr.json) cannot be completed into a new store,
     or None when it is empty or holds only what an interrupted creation leaves behind:
     `.lock`, `.staging/`, `episodes/` with at most its group `zarr.json`, our temp files."""
-    names = [n for n in os.listdir(root) if not _is_our_temp(n)]
-    foreign = [n for n in names if n not in (LOCK_FILE, STAGING_DIR, EPISODES_DIR)]
-    if foreign:
-        shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
-        return (
-            f"--out {root} is a non-empty directory that is not a liquid-drive dataset (it holds "
-            f"{shown}); choose a new or empty directory"
-        )
     eps = root / EPISODES_DIR
-    if eps.exists() and not eps.is_dir():
-        return f"--out {root} has a file named {EPISODES_DIR}; it is not a liquid-drive dataset"
     inside = [n for n in os.listdir(eps) if n != "zarr.json" and not _is_our_temp(n)] if eps.is_dir() else []
     if any(n.startswith(EPISODE_PREFIX) for n in inside):
         return (
             f"{root} holds recorded episodes ({EPISODES_DIR}/{sorted(inside)[0]} ...) but no root "
             "zarr.json: the store's metadata was deleted or damaged; restore DIR/zarr.json from a "
             "backup (nothing was changed) or record into another --out directory"
+        )
+    names = [n for n in os.listdir(root) if not _is_our_temp(n)]
+    foreign = [n for n in names if n not in (LOCK_FILE, STAGING_DIR, EPISODES_DIR)]
+    if foreign or (eps.exists() and not eps.is_dir()):
+        shown = ", ".join(sorted(foreign or [EPISODES_DIR])[:3]) + (" ..." if len(foreign) > 3 else "")
+        return (
+            f"--out {root} is a non-empty directory that is not a liquid-drive dataset (it holds "
+            f"{shown}); choose a new or empty directory"
         )
     if inside:
         return (
