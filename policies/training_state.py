@@ -101,6 +101,21 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
 
 
 # ---------------------------------------------------------------------- save / load
+def _safetensors_header(path: Path) -> bool:
+    """A safetensors file starts with its header's length (u64, little endian) and then "{".
+
+    Why: that length's first byte can be 0x80, pickle's magic, so `looks_pickled` alone
+    would call some valid states pickles (issue 12, "header too large" for pickles).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
+
+
 def _cpu(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": v.detach().cpu().clone().contiguous() for k, v in sd.items()}
 
@@ -179,7 +194,7 @@ def load_training_state(run_dir: str | os.PathLike) -> SavedState:
     from safetensors.torch import load_file
 
     path = state_path(run_dir)
-    if looks_pickled(path):
+    if looks_pickled(path) and not _safetensors_header(path):
         raise ValueError(f"{path} is a pickled file; liquid-drive never unpickles (it can run "
                          "arbitrary code); start a new run directory")
     try:
