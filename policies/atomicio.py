@@ -69,9 +69,11 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = os.fspath(target)  # a full disk's error from write() names no file
         raise
     fsync_dir(target.parent)
     return target
