@@ -67,6 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the policy runs (default cpu; auto = cuda when available)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16 autocast for the CNN where the hardware has it (cores stay fp32; default fp32)")
+    g = p.add_argument_group("passive test (recorded drives, nothing driven; docs/evaluation.md)")
+    g.add_argument("--data", default=None, metavar="DIR",
+                   help="run the policy over the recorded episodes of this dataset instead of driving an env "
+                        "(steering MSE/MAE/correlation vs the label, attention SSIM)")
+    g.add_argument("--split", choices=("val", "test", "all"), default=None,
+                   help="with --data: the checkpoint's validation episodes, episodes it never trained on, "
+                        "or all (default: test when there are unseen episodes, else val)")
+    g.add_argument("--ssim-frames", type=int, default=200, metavar="N",
+                   help="with --data: frames per condition for attention SSIM (default 200, as the paper)")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier report in --out (refused without it, before any episode)")
     p.set_defaults(func=run)
@@ -100,6 +109,10 @@ def _env_list(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data is not None:
+        from driving.passive import run_cli
+
+        return run_cli(args)
     from driving.evaluate import DEFAULT_BATCH_EPISODES, EvalSpec, evaluate, evaluate_envs
 
     corruptions = tuple(t.strip() for t in args.corruptions.split(",") if t.strip())

@@ -53,6 +53,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
     p.add_argument("--seed", type=int, default=0, help="env and corruption seed")
     p.add_argument("--fps", type=float, default=None, help="video frame rate (default 1/dt of the env)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="explain over recorded footage: a dataset episode instead of a drive (policy "
+                        "steering against the recorded label; docs/real_drives.md)")
+    p.add_argument("--episode", type=int, default=None, metavar="K",
+                   help="with --data: the episode id (the N of ep_N; default: the first)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out file (refused without it, before any work)")
     p.set_defaults(func=run)
@@ -175,6 +180,10 @@ def _run(args: argparse.Namespace) -> int:
     if bad:
         raise UserError(f"--neurons {bad[0]} is out of range: {policy.name} has {units} neurons "
                         f"(valid 0..{units - 1})")
+    if args.data is not None:  # recorded footage: nothing driven, no env
+        from driving.explain.footage import explain_footage
+
+        return explain_footage(args, policy, source, corruption, neurons)
     env_id = args.env or run_env_id(config) or "liquid_drive/Racetrack-v0"
     env = make_env(env_id, config, tuple(policy.image_hw))
     try:
