@@ -8,9 +8,14 @@ within one process, so a burst of load from other processes hits all of them ali
 the medians are compared. Peak memory is measured per policy in a fresh child process
 (VmHWM of /proc/self/status, and its growth over the process's RSS after imports).
 
-Target (issue 5): an NCP policy's training step ≤ 1.25 × the feed-forward CNN policy's.
+Targets: an NCP policy's training step ≤ 1.25 × the feed-forward CNN policy's (issue 5);
+with `--precisions fp32,bf16` (the default), training frames/s with the perception CNN under
+bf16 autocast ≥ 1.4 × fp32 on a CPU with native bf16 (issue 14), timed interleaved in the
+same run. The CNN's FLOPs per frame are counted from its layers, so the achieved GFLOP/s
+of a training step (forward + backward ≈ 3 × forward) can be read against the core's peak.
 
     python scripts/bench_train.py --json bench_train.json [--batch 16 --seq-len 16 --rounds 5]
+    python scripts/bench_train.py --policies ncp-cfc --no-memory --json bench_bf16.json
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 import torch
 
 TARGET_RATIO = 1.25
+TARGET_BF16 = 1.4
 
 
 def _batch(batch: int, seq: int, hw: tuple[int, int], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,11 +48,12 @@ def _batch(batch: int, seq: int, hw: tuple[int, int], seed: int = 0) -> dict[str
 class Bench:
     """One policy with its optimizer and a fixed batch, timed step by step."""
 
-    def __init__(self, name: str, args: argparse.Namespace) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, precision: str = "fp32") -> None:
         from driving.train import TrainConfig, make_optimizer
         from policies.factory import build_policy
 
         self.name = name
+        self.precision = precision
         self.cfg = TrainConfig(data="-", out="-", policy=name, batch=args.batch, seq_len=args.seq_len)
         self.policy = build_policy(name, (78, 200), seed=0)
         self.opt = make_optimizer(self.policy, self.cfg)
@@ -62,15 +69,16 @@ class Bench:
         from torch import nn
 
         from driving.augment import augment_windows
-        from driving.train import weighted_mse
+        from driving.train import cnn_autocast, weighted_mse
 
         p, b = self.policy, self.batch
         t0 = time.perf_counter()
         images = augment_windows(b["image"], self.gen)
-        pred, _ = p(images, None, b["dt"] if p.uses_time else None)
-        loss, _ = weighted_mse(pred, b["steering"], self.cfg.alpha)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with cnn_autocast(p, torch.device("cpu"), self.precision == "bf16"):
+            pred, _ = p(images, None, b["dt"] if p.uses_time else None)
+            loss, _ = weighted_mse(pred, b["steering"], self.cfg.alpha)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
         nn.utils.clip_grad_norm_(p.parameters(), self.cfg.grad_clip)
         self.opt.step()
         return time.perf_counter() - t0
@@ -84,6 +92,30 @@ class Bench:
         steering, _, _ = p._run(feats, p.initial_state(feats.shape[0]), dt, False)  # noqa: SLF001
         steering.square().mean().backward()
         return time.perf_counter() - t0
+
+
+def cnn_flops_per_frame(policy) -> int:
+    """Multiply-adds × 2 of the CNN's convolutions and linear maps for one frame (forward)."""
+    from torch import nn
+
+    flops = 0
+
+    def hook(m, inp, out):
+        nonlocal flops
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            flops += 2 * k * out[0].numel()
+        elif isinstance(m, nn.Linear):
+            flops += 2 * m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(hook) for m in policy.cnn.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        policy.cnn(torch.zeros(1, 78, 200, 3, dtype=torch.uint8))
+    for h in hooks:
+        h.remove()
+    if flops == 0:  # the CNN does its maps without nn modules: count from its parameters' shapes
+        raise RuntimeError("no Conv2d/Linear layers found in policy.cnn")
+    return flops
 
 
 def _status_kb(field: str) -> int:
@@ -131,6 +163,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per policy (after one warm-up)")
     parser.add_argument("--policies", default="", help="comma-separated names (default: all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-policy memory children")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="fp32 and/or bf16 (bf16 is skipped with a note where the CPU lacks it)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -140,20 +174,34 @@ def main() -> int:
 
     from tqdm import tqdm
 
+    from driving.train_run import supports_bf16
     from policies.factory import POLICY_NAMES
 
     names = [n for n in args.policies.split(",") if n] or list(POLICY_NAMES)
-    benches = [Bench(n, args) for n in names]
+    precisions = [p for p in args.precisions.split(",") if p]
+    bf16_note = None
+    if "bf16" in precisions and not supports_bf16(torch.device("cpu")):
+        precisions.remove("bf16")
+        bf16_note = "this CPU has no native bf16 (AVX-512 BF16 / AMX); bf16 not measured"
+    benches = [Bench(n, args, p) for n in names for p in precisions]
     for b in benches:  # warm-up (allocator, oneDNN kernels)
         b.step()
         b.core_step()
     for _ in tqdm(range(args.rounds), desc="bench_train rounds", file=sys.stderr):
-        for b in benches:
+        for b in benches:  # interleaved: load bursts hit every policy and precision alike
             b.step_s.append(b.step())
-            b.core_s.append(b.core_step())
+            if b.precision == "fp32":
+                b.core_s.append(b.core_step())
     frames = args.batch * args.seq_len
+    flops = cnn_flops_per_frame(benches[0].policy)
     results: dict[str, dict] = {}
+    by_precision: dict[str, dict[str, float]] = {}
     for b in benches:
+        fps = frames / statistics.median(b.step_s)
+        by_precision.setdefault(b.name, {})[f"{b.precision}_frames_per_s"] = fps
+        by_precision[b.name][f"{b.precision}_gflop_per_s"] = 3 * flops * fps / 1e9
+        if b.precision != "fp32":
+            continue
         step = statistics.median(b.step_s)
         core = statistics.median(b.core_s)
         results[b.name] = {
@@ -171,8 +219,16 @@ def main() -> int:
     if "cnn" in results:
         base = results["cnn"]["step_ms_median"]
         ratios = {n: r["step_ms_median"] / base for n, r in results.items() if n.startswith("ncp")}
+    for r in by_precision.values():
+        if "bf16_frames_per_s" in r and "fp32_frames_per_s" in r:
+            r["bf16_over_fp32"] = r["bf16_frames_per_s"] / r["fp32_frames_per_s"]
+            r["target_met"] = r["bf16_over_fp32"] >= TARGET_BF16
     doc = {
         "benchmark": "training step (augment + forward + weighted loss + backward + clip + Adam)",
+        "cnn_mflop_per_frame_forward": flops / 1e6,
+        "precision": by_precision,
+        "bf16_target_ratio": TARGET_BF16,
+        "bf16_note": bf16_note,
         "image_hw": [78, 200],
         "batch": args.batch,
         "seq_len": args.seq_len,
@@ -193,9 +249,17 @@ def main() -> int:
               f"{100 * r['core_share']:6.1f}% {r.get('peak_rss_mb', float('nan')):8.0f}")
     for n, r in ratios.items():
         print(f"{n} step / cnn step = {r:.2f} (target ≤ {TARGET_RATIO})")
+    for n, r in by_precision.items():
+        if "bf16_over_fp32" in r:
+            print(f"{n}: fp32 {r['fp32_frames_per_s']:.0f} frames/s ({r['fp32_gflop_per_s']:.1f} GFLOP/s), "
+                  f"bf16 {r['bf16_frames_per_s']:.0f} frames/s ({r['bf16_gflop_per_s']:.1f} GFLOP/s): "
+                  f"{r['bf16_over_fp32']:.2f}x (target ≥ {TARGET_BF16})")
+    if bf16_note:
+        print(bf16_note)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2)
+        from policies.atomicio import atomic_write_json
+
+        atomic_write_json(args.json, doc)
     return 0
 
 
