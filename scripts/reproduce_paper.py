@@ -20,6 +20,16 @@ recorded seeds, an interrupted training continues from ``RUN/last/``); ``--polic
 ``--seeds`` run a subset, and ``--report-only`` rewrites the tables from what exists.
 
     python scripts/reproduce_paper.py --out results/paper --seeds 0,1,2
+
+**Protocol v2** (issue 16; `driving.sweep`, docs/sweep.md): ``--protocol v2`` runs the
+reviewed comparison instead: every policy of the factory (the wiring, smoothing and time
+controls included), 5 training seeds, 10 held-out roads × 45 s per condition, 14 conditions,
+strict interventions, paired statistics; every training and every (run, condition, road)
+evaluation is a Ray task (``--ray-address auto|HOST:PORT`` joins a cluster, none starts a
+local one), resumable, in parts (``--part K/N``). ``--protocol smoke`` is its cheap version
+for tests. Without ``--protocol`` (or with ``v1``) the script runs the v1 comparison above.
+
+    python scripts/reproduce_paper.py --protocol v2 --out runs/v2 --artefacts results/v2
 """
 
 from __future__ import annotations
@@ -46,8 +56,11 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from driving.errors import UserError  # noqa: E402
+from policies.factory import POLICY_NAMES  # noqa: E402
 
-ALL_POLICIES = ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full")
+#: Every policy the factory builds (the v2 sweep's default); v1 compared the first eight.
+ALL_POLICIES = tuple(POLICY_NAMES)
+V1_POLICIES = ("ncp-cfc", "ncp-ltc", "lstm", "gru", "ctrnn", "cnn", "ncp-random", "ncp-full")
 #: Metrics tabulated per condition: (key in a report row, label, format, higher is better).
 METRICS = (
     ("completion_pct", "route completion %", "{:.1f}", True),
@@ -64,7 +77,7 @@ class Plan:
     """Everything that decides the numbers; stored in OUT/plan.json to make resumes safe."""
 
     out: str = "results/paper"
-    policies: tuple[str, ...] = ALL_POLICIES
+    policies: tuple[str, ...] = V1_POLICIES
     seeds: tuple[int, ...] = (0, 1, 2)
     env: str = "liquid_drive/RandomRoad-v0"
     train_split: str = "train"
@@ -1030,7 +1043,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Plan, argparse.Namespace]:
                     help="only aggregate the outputs that exist and write the page")
     ap.add_argument("--no-report", action="store_true", help="run the stages, skip the page")
     a = ap.parse_args(argv)
-    pols = ALL_POLICIES if a.policies in (("all",), "all") else a.policies
+    pols = V1_POLICIES if a.policies in (("all",), "all") else a.policies
     if isinstance(pols, str):
         pols = _csv(pols)
     seeds = _ints(a.seeds) if isinstance(a.seeds, str) else a.seeds
@@ -1048,9 +1061,86 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Plan, argparse.Namespace]:
     return p, a
 
 
+# ----------------------------------------------------------------------------- protocol v2
+
+
+def parse_v2(argv: Sequence[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="reproduce_paper.py --protocol v2|smoke",
+        description="Protocol v2 (issue 16): >= 5 seeds, 10 held-out roads x 45 s per condition, "
+                    "paired statistics, wiring/smoothing/time controls; every training and every "
+                    "(run, condition, road) evaluation is a Ray task (docs/sweep.md).")
+    ap.add_argument("--protocol", choices=("v2", "smoke"), required=True)
+    ap.add_argument("--out", default="runs/v2", help="where results land (the driver writes them)")
+    ap.add_argument("--data", default=None, help="the shared dataset (default OUT/data)")
+    ap.add_argument("--artefacts", default="results/v2",
+                    help="the page (results.md) and summary.json")
+    ap.add_argument("--results-md", default=None,
+                    help="also refresh the protocol block of this page (v2 default: docs/results.md)")
+    ap.add_argument("--policies", type=_csv, default=None, help="subset, comma list (default all)")
+    ap.add_argument("--seeds", type=_ints, default=None, help="training seeds (v2: 0,1,2,3,4)")
+    ap.add_argument("--part", default=None, help="K/N: run a round-robin share of the runs")
+    ap.add_argument("--ray-address", default=None,
+                    help="'auto' or HOST:PORT joins a Ray cluster; none starts a local one")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
+    for flag, typ in (("--episodes", int), ("--steps", int), ("--epochs", int), ("--max-frames", int),
+                      ("--roads", int), ("--eval-steps", int)):
+        ap.add_argument(flag, type=typ, default=None, help="override the protocol's value")
+    ap.add_argument("--conditions", type=_csv, default=None, help="override the condition list")
+    ap.add_argument("--train-extra", default=None, help="override the extra `driving train` options")
+    ap.add_argument("--report-only", action="store_true", help="only write the page from OUT")
+    ap.add_argument("--no-report", action="store_true", help="run the tasks, skip the page")
+    ap.add_argument("--no-noise-measurement", action="store_true", help=argparse.SUPPRESS)
+    return ap.parse_args(list(argv))
+
+
+def main_v2(raw: Sequence[str], command: str) -> int:
+    from driving.sweep import engine
+    from driving.sweep import report as v2report
+    from driving.sweep.protocol import Layout, protocol
+
+    a = parse_v2(raw)
+    if isinstance(a.policies, str):
+        a.policies = _csv(a.policies)
+    if isinstance(a.seeds, str):
+        a.seeds = _ints(a.seeds)
+    p = protocol(a.protocol, policies=a.policies, seeds=a.seeds, episodes=a.episodes, steps=a.steps,
+                 epochs=a.epochs, max_frames=a.max_frames, roads=a.roads, eval_steps=a.eval_steps,
+                 conditions=tuple(a.conditions) if a.conditions else None,
+                 train_extra=tuple(shlex.split(a.train_extra)) if a.train_extra is not None else None)
+    p.validate()
+    lay = Layout.of(a.out, a.data)
+    failed = 0
+    if not a.report_only:
+        r = engine.run_sweep(p, lay.out, lay.data, ray_address=a.ray_address, part=a.part,
+                             num_cpus=a.num_cpus, command=command)
+        failed = len(r.failed)
+        print(f"sweep: finished {r.finished}, already done {r.skipped}, failed {failed}, "
+              f"{r.wall_s:.0f} s", file=sys.stderr)
+    if not a.no_report:
+        results_md = a.results_md or ("docs/results.md" if p.name == "v2" else None)
+        page = Path(a.artefacts) / "results.md"
+        full = [w for w in shlex.split(command) if w != "--report-only"]
+        v2report.report(p, lay, page, shlex.join(full), Path(results_md) if results_md else None,
+                        noise=not a.no_noise_measurement)
+        print(f"wrote {page}" + (f" and the protocol block of {results_md}" if results_md else ""),
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     command = "python scripts/reproduce_paper.py " + shlex.join(raw)
+    proto = next((raw[i + 1] for i, w in enumerate(raw[:-1]) if w == "--protocol"), None)
+    proto = next((w.split("=", 1)[1] for w in raw if w.startswith("--protocol=")), proto)
+    if proto not in (None, "v1"):
+        try:
+            return main_v2(raw, command)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    raw = [w for i, w in enumerate(raw) if w != "--protocol" and not (i and raw[i - 1] == "--protocol")
+           and not w.startswith("--protocol=")]
     try:
         p, a = parse_args(raw)
         p.command = command
