@@ -172,21 +172,26 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
-def disk_full_message(exc: OSError, path: str | os.PathLike | None = None) -> str:
+def disk_full_message(exc: OSError, path: str | os.PathLike | None = None,
+                      rerun: str = "rerun") -> str:
     """One line for a full disk: what was being written and what to do."""
     why = "disk quota exceeded" if exc.errno != errno.ENOSPC else "no space left on device"
-    return (f"{why} while writing {_shown_path(exc, path)}; nothing partial was kept: free some "
-            "space (or choose --out on another disk) and rerun")
+    return (f"{why} while writing {_shown_path(exc, path)} (not written, no partial file left); "
+            f"free some space (or choose --out on another disk) and {rerun}")
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full disk or a refused write under ``path`` into a one-line `UserError`."""
+def writing(path: str | os.PathLike, rerun: str = "rerun") -> Iterator[None]:
+    """Turn a full disk or a refused write under ``path`` into a one-line `UserError`.
+
+    ``rerun`` ends the advice, e.g. "rerun with --force" where the files written before
+    the disk filled up would otherwise make the rerun refuse the folder.
+    """
     try:
         yield
     except OSError as exc:
         if is_disk_full(exc):
-            raise UserError(disk_full_message(exc, path)) from None
+            raise UserError(disk_full_message(exc, path, rerun)) from None
         if exc.errno in _NO_ACCESS and _is_under(exc.filename, path):
             reason = (exc.strerror or "cannot write").lower()
             raise UserError(f"{reason}: {_shown_path(exc, path)}; choose another --out "

@@ -349,7 +349,7 @@ def test_disk_full_in_eval_is_one_line(fx, tmp_path, capsys, monkeypatch):
     tried = _fill_disk(monkeypatch)
     out = tmp_path / "ev"
     code, _, err = _run([_fmt(a, tmp_path, fx) for a in EVAL] + ["--no-expert-reference", "--out", str(out)], capsys)
-    _assert_disk_full_line(code, err, "eval", ("report.json",))
+    _assert_disk_full_line(code, err, "eval", ("report.json", "--force"))
     assert tried and tried[0].name == "report.json"
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]  # nothing half-written
     assert not _no_temp_files(tmp_path)

@@ -149,12 +149,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint: {exc}") from None
     spec = replace(spec, checkpoint=os.fspath(run_dir))
     if len(env_ids) > 1:
-        with writing(args.out):
+        with writing(args.out, rerun="rerun with --force"):
             summary = evaluate_envs(spec, env_ids, args.out, workers=args.workers, plots=not args.no_plots)
         print(f"wrote {Path(args.out) / 'summary.md'} ({len(env_ids)} envs)", file=sys.stderr)
         print(summary["markdown"], file=sys.stderr)
         return 0
-    with writing(args.out):  # a full disk while writing the report: one line, exit 2
+    # a full disk while writing the report: one line, exit 2; the files written before it
+    # filled up make the folder an earlier report, hence --force in the advice
+    with writing(args.out, rerun="rerun with --force"):
         report = evaluate(spec, args.out, workers=args.workers, plots=not args.no_plots)
     clean = next((r for r in report["results"] if r["corruption"] == "none"), report["results"][0])
     print(
