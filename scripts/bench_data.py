@@ -195,6 +195,32 @@ def window_reads(root: Path, seq_len: int = 16, n: int = 400, seed: int = 0) -> 
     }
 
 
+def bench_checks(root: Path, repeats: int = 3) -> dict:
+    """Seconds (best of `repeats`) of `verify` (every chunk decoded, every value checked), the
+    quick structural check of `dataset info` and `fingerprint`, on the recorded store."""
+    from driving.dataset import Dataset, fingerprint, verify
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    frames = Dataset(root).num_frames
+    full = best(lambda: verify(root))
+    quick = best(lambda: verify(root, decode=False))
+    fp = best(lambda: fingerprint(Dataset(root)))
+    return {
+        "frames": frames,
+        "verify_s": full,
+        "verify_frames_per_s": frames / full,
+        "info_check_s": quick,
+        "fingerprint_s": fp,
+    }
+
+
 def dataloader_reads(root: Path, workers: int, batches: int = 30, batch_size: int = 16) -> float:
     import torch
     from torch.utils.data import DataLoader
@@ -277,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
             f"DataLoader 0 workers {dl[0]:.0f}, 2 workers {dl[2]:.0f} frames/s",
             file=sys.stderr,
         )
+        checks = bench_checks(store)
+        print(
+            f"checks on {checks['frames']} frames: verify {checks['verify_s']:.3f} s "
+            f"({checks['verify_frames_per_s']:.0f} frames/s), info check {checks['info_check_s']:.3f} s, "
+            f"fingerprint {checks['fingerprint_s']:.3f} s",
+            file=sys.stderr,
+        )
         result = {
             "benchmark": "bench_data",
             "version": __version__,
@@ -293,11 +326,13 @@ def main(argv: list[str] | None = None) -> int:
                 "dataloader_frames_per_s": {str(k): v for k, v in dl.items()},
             },
             "bytes_per_frame": codecs[0]["total_bytes_per_frame"],
+            "checks": checks,
         }
-        text = json.dumps(result, indent=1)
         if args.json:
-            Path(args.json).write_text(text + "\n")
-        print(text)
+            from policies.atomicio import atomic_write_json
+
+            atomic_write_json(args.json, result, indent=1)
+        print(json.dumps(result, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -245,6 +245,7 @@ class DatasetWriter:
                 root / "zarr.json",
                 {"zarr_format": 3, "node_type": "group", "attributes": {FORMAT_NAME: wanted}},
             )
+            fsync_dir(root.parent)  # the new folder's own entry
             return wanted
 
     # -- episodes ---------------------------------------------------------------------------------
