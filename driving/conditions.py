@@ -162,6 +162,8 @@ def parse_image_condition(text: str | None) -> Condition:
     if name in C.CORRUPTIONS and not sep:
         raise ValueError(f"corruption {item!r} has no severity; write it as {name}:SEVERITY with "
                          f"SEVERITY 1-{C.MAX_SEVERITY} (e.g. {name}:3)")
+    if name in C.CORRUPTIONS and _severities(item.partition(":")[2], item) == [0]:
+        return Condition(name, 0)  # the corruption at severity 0: its frames are the clean ones
     conds = parse_conditions(item)
     if len(conds) != 1:
         raise ValueError(f"give one condition such as fog:3, got {item!r}")

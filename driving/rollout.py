@@ -59,11 +59,13 @@ class Actor(Protocol):
 
 @dataclass
 class Request:
-    """A delivered frame waiting for its action (what `Actor.act` receives)."""
+    """A delivered frame waiting for its action (what `Actor.act` receives), and the clean
+    frame it was made from (explanations compare the two)."""
 
     frame: np.ndarray
     dt_s: float
     info: Mapping[str, Any]
+    clean: np.ndarray
 
 
 @dataclass
@@ -170,11 +172,11 @@ class Episode:
         if self._timing_now is None:
             self._timing_now = self.timing(self.rng, self.nominal)
             if self._timing_now.delivered or self.index == 0:
-                frame = self.obs["image"]
+                clean = frame = self.obs["image"]
                 if self._corrupt:
-                    frame = C.apply(self.condition.corruption, frame, self.info["depth"],
+                    frame = C.apply(self.condition.corruption, clean, self.info["depth"],
                                     self.condition.severity, self.rng)
-                self._request = Request(frame, self.gap, self.info)
+                self._request = Request(frame, self.gap, self.info, clean)
             else:
                 self._request = None
         return self._request

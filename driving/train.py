@@ -479,120 +479,22 @@ def validate(policy: nn.Module, dataset, cfg: TrainConfig, dist: runio.Dist, dev
 
 
 # ----------------------------------------------------------------------------------------
-# closed loop: roll a policy out (DAgger data, and the simplest evaluation)
+# DAgger: expert-labelled drives of the current policy, recorded as `driving collect` does
 # ----------------------------------------------------------------------------------------
-@dataclass
-class RolloutStats:
-    """What happened in one closed-loop drive."""
+def dagger_collect(policy: nn.Module, dataset, cfg: TrainConfig, rnd: int, run_id: str) -> int:
+    """Append this round's missing DAgger episodes (a resumed round only adds the rest).
 
-    steps: int = 0
-    distance_m: float = 0.0
-    time_s: float = 0.0
-    off_road_events: int = 0  # times the car left the road (then put back when recover=True)
-    crashes: int = 0  # steps with info["crashed"] (off-road or collision)
-    mean_abs_cross_track_m: float = 0.0
-    max_abs_cross_track_m: float = 0.0
-    laps: float = 0.0  # lap progress accumulated over the drive (1.0 = one full lap)
-
-
-@torch.no_grad()
-def rollout(
-    policy: nn.Module, env, steps: int, *, seed: int | None = None, recover: bool = True,
-    expert_prob: float = 0.0, rng: np.random.Generator | None = None, record: bool = False,
-    save_depth: bool = False, progress: bool = False,
-) -> tuple[RolloutStats, dict[str, list] | None]:
-    """Drive `env` for up to `steps` policy steps with `policy.step`, its state carried along.
-
-    With `expert_prob` > 0 the expert's steering is executed instead of the policy's on that
-    share of steps (DAgger's β mixture). Leaving the road counts one off-road event; with
-    `recover` the car is then put back on the lane centre (`env.unwrapped.recover()`) and the
-    drive goes on with the policy's state kept, as the paper counted manual recoveries.
-    With `record`, also returns every frame the car saw with the expert's steering for it
-    and the per-step signals of the dataset schema (DAgger data).
+    Each episode is the shared closed-loop drive (`driving.rollout`) recorded by
+    `driving.collect.record_episode` with DAgger's β mixture as the actor: the policy sees
+    every frame, the expert's steering is executed on a share β^round of the steps, the
+    label is always the expert's and the stored action the executed one — the same rows,
+    intervention rule and recovery as `driving collect`.
     """
     from tqdm import tqdm
 
-    rng = rng or np.random.default_rng(0 if seed is None else seed)
-    obs, info = env.reset(seed=seed)
-    h = None
-    dt = float(info.get("dt_s") or 0.0) or None
-    stats = RolloutStats()
-    cte_sum = 0.0
-    last_progress = info.get("lap_progress")
-    was_on_road = bool(info.get("on_road", True))
-    rec: dict[str, list] | None = {} if record else None
-    from driving.dataset import OPTIONAL_STEPS
-
-    optional = [k for k in OPTIONAL_STEPS if k in info]  # as `driving collect` stores them
-    policy.eval()
-    for _ in tqdm(range(steps), desc="rollout", unit="step", disable=not progress, leave=False, file=sys.stderr):
-        steer, h = policy.step(obs["image"], h, dt=dt)
-        action = float(np.clip(float(torch.as_tensor(steer).reshape(-1)[0]), -1.0, 1.0))
-        expert = float(info["expert_steering"]) if "expert_steering" in info else float("nan")
-        if expert_prob > 0 and rng.random() < expert_prob:
-            action = expert
-        if rec is not None:
-            _record_step(rec, obs, info, expert, action, dt, save_depth, optional)
-        obs, _, terminated, truncated, info = env.step(np.array([action], dtype=np.float32))
-        stats.steps += 1
-        dt = float(info.get("dt_s") or 0.0) or dt
-        stats.time_s += float(dt or 0.0)
-        cte = abs(float(info.get("cross_track_m", 0.0)))
-        cte_sum += cte
-        stats.max_abs_cross_track_m = max(stats.max_abs_cross_track_m, cte)
-        stats.distance_m = float(info.get("distance_m", stats.distance_m))
-        stats.crashes += int(bool(info.get("crashed", False)))
-        progress_now = info.get("lap_progress")
-        if progress_now is not None and last_progress is not None:
-            delta = float(progress_now) - float(last_progress)
-            if delta < -0.5:  # crossed the start line
-                delta += 1.0
-            if abs(delta) < 0.5:
-                stats.laps += delta
-        last_progress = progress_now
-        on_road = bool(info.get("on_road", True))
-        if was_on_road and not on_road:
-            stats.off_road_events += 1
-        was_on_road = on_road
-        if not on_road and recover:
-            obs, info = env.unwrapped.recover()
-            last_progress = info.get("lap_progress", last_progress)
-            was_on_road = bool(info.get("on_road", True))
-        if terminated or truncated:
-            break
-    stats.mean_abs_cross_track_m = cte_sum / max(stats.steps, 1)
-    return stats, rec
-
-
-def _record_step(rec: dict[str, list], obs: dict, info: dict, expert: float, action: float,
-                 dt: float | None, save_depth: bool, optional: list[str]) -> None:
-    """One row of DAgger data: the frame seen, the expert's label and the executed action."""
-    rec.setdefault("image", []).append(np.asarray(obs["image"], dtype=np.uint8))
-    if save_depth:
-        rec.setdefault("depth", []).append(np.asarray(info["depth"], dtype=np.float32))
-    row = {
-        "steering": expert,
-        "action": action,
-        "speed": float(np.asarray(obs["speed"]).reshape(-1)[0]),
-        "time_s": float(info.get("time_s", 0.0)),
-        "dt_s": float(dt or info.get("dt_s") or 0.1),
-    }
-    for key in optional:
-        row[key] = info.get(key, 0)
-    for key, val in row.items():
-        rec.setdefault(key, []).append(val)
-
-
-# ----------------------------------------------------------------------------------------
-# DAgger: collect expert-labelled rollouts of the current policy into the dataset
-# ----------------------------------------------------------------------------------------
-def dagger_collect(policy: nn.Module, dataset, cfg: TrainConfig, rnd: int, run_id: str) -> int:
-    """Append this round's missing DAgger episodes (a resumed round only adds the rest)."""
-    import gymnasium as gym
-    from tqdm import tqdm
-
-    import envs  # noqa: F401  (registers the liquid_drive/* envs)
+    from driving.collect import make_env, record_episode
     from driving.dataset import DatasetWriter
+    from driving.rollout import MixtureActor, PolicyActor
 
     env_id = dataset.attrs.get("env_id")
     if not env_id:
@@ -606,28 +508,23 @@ def dagger_collect(policy: nn.Module, dataset, cfg: TrainConfig, rnd: int, run_i
             if e.meta.get("source") == "dagger" and e.meta.get("run") == run_id and e.meta.get("round") == rnd}
     beta = cfg.dagger_beta**rnd
     try:
-        env = gym.make(env_id, **env_config)
-    except gym.error.Error as exc:
+        env = make_env(env_id, env_config, max_steps=cfg.dagger_steps + 1)
+    except UserError as exc:
         raise UserError(f"DAgger cannot create the dataset's env {env_id!r}: {exc}") from exc
+    policy.eval()
     added = 0
     try:
         todo = [i for i in range(cfg.dagger_episodes) if i not in done]
         for i in tqdm(todo, desc=f"DAgger round {rnd}: rollouts", unit="episode", file=sys.stderr):
             seed = 1_000_000 + cfg.seed * 10_007 + rnd * 101 + i
-            stats, rec = rollout(policy, env, cfg.dagger_steps, seed=seed, expert_prob=beta,
-                                 rng=np.random.default_rng(seed), record=True,
-                                 save_depth=writer.save_depth)
-            assert rec is not None
-            frames = np.stack(rec.pop("image"))
-            depth = np.stack(rec.pop("depth")) if "depth" in rec else None
-            steps = {k: np.asarray(v) for k, v in rec.items()}
-            meta = {"source": "dagger", "env_id": env_id, "seed": seed, "run": run_id, "round": rnd,
-                    "episode_in_round": i, "beta": beta, "policy": cfg.policy,
-                    "off_road_events": stats.off_road_events}
-            writer.append_episode(frames, steps, meta, depth=depth)
+            actor = MixtureActor(PolicyActor(policy), beta, np.random.default_rng(seed))
+            meta = {"run": run_id, "round": rnd, "episode_in_round": i, "beta": beta, "policy": cfg.policy}
+            record_episode(env, writer, seed=seed, max_steps=cfg.dagger_steps, actor=actor,
+                           source="dagger", env_id=env_id, meta=meta)
             added += 1
     finally:
         env.close()
+        writer.close()
     return added
 
 

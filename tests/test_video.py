@@ -56,14 +56,31 @@ class FakeRoadEnv(gym.Env):
         return self._obs()
 
     def step(self, action):
-        self.offset += 0.8 * float(action[0]) + 0.1
-        self.t += 0.2
+        return self.advance(action, 0.2)
+
+    def advance(self, action, dt_s):
+        self.offset += 0.8 * float(np.asarray(action).reshape(-1)[0]) + 0.1
+        self.t += float(dt_s)
         obs, info = self._obs()
         return obs, 0.0, False, False, info
 
     def recover(self):
         self.offset = 0.0
         return self._obs()
+
+    # envs.contract.DrivingEnv
+    nominal_dt = 0.2
+
+    @property
+    def image_hw(self):
+        return self.hw
+
+    @property
+    def camera(self):
+        return {"height": self.hw[0], "width": self.hw[1]}
+
+    def expert_action(self):
+        return float(np.clip(-self.offset, -1, 1))
 
 
 if FAKE_ID not in gym.registry:

@@ -1,10 +1,14 @@
-"""Closed-loop drives that feed explanations: one step at a time, with what the policy saw.
+"""Closed-loop drives that feed explanations: the shared drive, one step at a time, with
+what the policy saw.
 
-The loop mirrors evaluation: the policy steers from the (possibly corrupted) frame with its
-state carried along; a crash (`info["crashed"]`: off-road or collision) is counted once per
-event and the car is put back on the lane centre with `env.unwrapped.recover()`, keeping the
-policy's state, as the paper counted manual recoveries. An episode end (time limit) resets
-env and state, so a video can run longer than one episode.
+The steps come from `driving.rollout.Episode` (the same loop, intervention rule and
+recovery as evaluation, collection and DAgger): the policy steers from the (possibly
+corrupted) frame with its state carried along; an intervention is counted and the car put
+back on the lane centre, keeping the policy's state, as the paper counted manual
+recoveries. An episode end (time limit) starts a new episode with a fresh state, so a video
+can run longer than one episode. What explanations need beyond steering (all 19 states,
+LTC time constants, the CNN's features, the state before the frame for saliency) is
+computed here, per delivered frame.
 """
 
 from __future__ import annotations
@@ -17,40 +21,19 @@ import cv2
 import numpy as np
 import torch
 
+from driving.conditions import parse_image_condition
 from driving.errors import UserError
+from driving.interventions import STRICT, InterventionRule
 
 
 def parse_corruption(spec: str | None) -> tuple[str, int]:
-    """'fog:3' → ('fog', 3); None/'none' → ('none', 0). Only image corruptions apply here.
-
-    Timing faults (dropped frames, jitter) leave every frame's pixels unchanged, so they have
-    no saliency or SSIM effect; they are rejected with a pointer to `driving eval`.
-    """
-    if spec is None or spec.strip() in ("", "none", "none:0", "clean"):
-        return "none", 0
-    from driving import corruptions
-
-    text = spec.strip()
-    name, sep, sev = text.partition(":")
-    names = list(corruptions.CORRUPTIONS)
-    if name in getattr(corruptions, "TIMING_FAULTS", {}):
-        raise UserError(f"corruption {name!r} is a timing fault and leaves the pixels unchanged; "
-                        f"explain supports image corruptions: {', '.join(names)}")
-    if name not in corruptions.CORRUPTIONS:
-        raise UserError(f"unknown corruption {name!r} in {spec!r}; use NAME:SEVERITY with NAME "
-                        f"one of {', '.join(names)} (e.g. fog:3)")
-    if not sep:
-        raise UserError(f"corruption {spec!r} has no severity; write it as {name}:SEVERITY "
-                        f"with SEVERITY 1-{corruptions.MAX_SEVERITY} (e.g. {name}:3)")
+    """'fog:3' → ('fog', 3); None/'none' → ('none', 0). Only image corruptions apply here
+    (`driving.conditions.parse_image_condition`)."""
     try:
-        severity = int(sev)
-    except ValueError:
-        raise UserError(f"severity {sev!r} in {spec!r} is not an integer; use 0-"
-                        f"{corruptions.MAX_SEVERITY} (e.g. {name}:3)") from None
-    if not 0 <= severity <= corruptions.MAX_SEVERITY:
-        raise UserError(f"severity {severity} in {spec!r} is out of range 0-"
-                        f"{corruptions.MAX_SEVERITY}")
-    return name, severity
+        c = parse_image_condition(spec)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return c.corruption, c.severity
 
 
 def run_env_id(config: dict[str, Any] | None) -> str | None:
@@ -61,33 +44,27 @@ def run_env_id(config: dict[str, Any] | None) -> str | None:
 
 
 def make_env(env_id: str, config: dict[str, Any] | None = None, image_hw: tuple[int, int] | None = None):
-    """gym.make(env_id) with the run's env settings when it was trained on the same env.
+    """The env (`envs.contract.make_env`) with the run's env settings when it was trained on
+    the same env, its camera at the policy's image size.
 
-    Raises UserError for an unknown id. The camera is asked for the policy's image size;
-    frames of another size are resized before the policy sees them (see `fit_frame`).
+    Raises UserError for an unknown id. Frames of another size (an env that keeps its own
+    camera) are resized before the policy sees them (see `fit_frame`).
     """
-    import gymnasium as gym
+    from envs.contract import make_env as make_driving_env
 
-    import envs  # noqa: F401  (registers liquid_drive/*)
-
-    if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("liquid_drive/"))
-        raise UserError(f"unknown env {env_id!r}; choose one of {', '.join(known)}")
     kw: dict[str, Any] = {}
     cfg = config or {}
     if run_env_id(cfg) == env_id and isinstance(cfg.get("env_config"), dict):
         kw = dict(cfg["env_config"])
-    if "camera" not in kw and "config" not in kw:
-        cam = dict(cfg["camera"]) if isinstance(cfg.get("camera"), dict) else {}
-        if image_hw is not None:  # the camera the checkpoint was trained with, at its size
-            cam.update(height=int(image_hw[0]), width=int(image_hw[1]))
-        if cam:
-            kw["camera"] = cam
+    cam = dict(kw.pop("camera", None) or (cfg["camera"] if isinstance(cfg.get("camera"), dict) else {}))
+    if image_hw is not None:  # the camera the checkpoint was trained with, at its size
+        cam.update(height=int(image_hw[0]), width=int(image_hw[1]))
     try:
-        return gym.make(env_id, **kw)
-    except TypeError:
-        kw.pop("camera", None)  # the env takes its camera from elsewhere: resize instead
-        return gym.make(env_id, **kw)
+        return make_driving_env(env_id, kw, camera=cam or None)
+    except ValueError as exc:
+        if cam and "camera" in str(exc):  # an env that takes its camera from elsewhere: resize
+            return make_driving_env(env_id, kw)
+        raise UserError(str(exc)) from None
 
 
 def fit_frame(frame: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -124,10 +101,10 @@ class Step:
 
 
 def nominal_dt(env: Any) -> float | None:
-    """The env's control interval 1/policy_frequency (seconds), as evaluation uses at reset."""
-    cfg = getattr(getattr(env, "unwrapped", env), "config", None) or {}
-    freq = cfg.get("policy_frequency") if isinstance(cfg, dict) else None
-    return 1.0 / float(freq) if freq else None
+    """The env's control interval (`DrivingEnv.nominal_dt`, seconds)."""
+    from envs.contract import as_driving_env
+
+    return float(as_driving_env(env).nominal_dt)
 
 
 def _state_vector(states: Any) -> np.ndarray | None:
@@ -144,6 +121,7 @@ def drive(
     seed: int = 0,
     drive_on: str = "corrupted",
     want_tau: bool = False,
+    rule: InterventionRule = STRICT,
 ) -> Iterator[Step]:
     """Yield `steps` control steps of a closed-loop drive (see the module docstring).
 
@@ -151,63 +129,66 @@ def drive(
     `"clean"`: it steers from the clean frame and the corrupted one is only produced for
     comparison (attention SSIM over one trajectory).
     """
-    from driving import corruptions
+    from driving.conditions import CLEAN, Condition
+    from driving.rollout import Episode
+    from envs.contract import as_driving_env
 
+    if drive_on not in ("corrupted", "clean"):
+        raise ValueError(f"drive_on must be 'corrupted' or 'clean', got {drive_on!r}")
     name, severity = corruption
+    cond = CLEAN if name == "none" or severity == 0 else Condition(name, int(severity))
+    denv = as_driving_env(env)
     hw = tuple(policy.image_hw)
     rng = np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    h = policy.initial_state(1)
     crashes = 0
     feats: list[torch.Tensor] = []
     hook = policy.cnn.register_forward_hook(lambda m, a, out: feats.append(out.detach()))
     tau_fn = getattr(getattr(policy, "core", None), "tau_eff", None) if want_tau else None
     policy.eval()
+    i = 0
+    first = True
     try:
-        for i in range(steps):
-            dt = float(info.get("dt_s") or 0.0) or nominal_dt(env)
-            clean = fit_frame(np.asarray(obs["image"], np.uint8), hw)
-            if name != "none" and severity > 0:
-                depth = fit_depth(info.get("depth"), hw)
-                corrupted = corruptions.apply(name, clean, depth, severity, rng)
-            else:
-                corrupted = clean
-            seen = corrupted if drive_on == "corrupted" else clean
-            ts = None if dt is None else torch.tensor([[dt]], dtype=torch.float32)
-            feats.clear()
-            with torch.no_grad():
-                out = policy(torch.as_tensor(seen)[None, None], h, ts, return_states=True)
-                tau = None
-                if tau_fn is not None and feats:
-                    tu = getattr(policy, "time_unit_s", 1.0)
-                    tts = None if ts is None else ts / tu
-                    tau = tau_fn(feats[0].reshape(1, 1, -1), h, tts)[0, -1] * tu
-            steer_t, h_new = out[0], out[1]
-            states = out[2][0, -1] if len(out) > 2 and out[2] is not None else None
-            steering = float(steer_t.reshape(-1)[-1])
-            expert = info.get("expert_steering")
-            speed = obs.get("speed") if isinstance(obs, dict) else None
-            yield Step(
-                index=i, clean=clean, seen=seen, corrupted=corrupted, h_prev=h, dt=dt,
-                steering=steering, states=_state_vector(states),
-                tau_s=None if tau is None else _state_vector(tau),
-                features=_state_vector(feats[0]) if feats else None,
-                expert=None if expert is None else float(expert),
-                cross_track_m=float(info.get("cross_track_m", float("nan"))), crashes=crashes,
-                time_s=float(info.get("time_s", 0.0)),
-                speed_mps=None if speed is None else float(np.asarray(speed).reshape(-1)[0]),
-            )
-            h = h_new
-            action = np.array([np.clip(steering, -1.0, 1.0)], dtype=np.float32)
-            obs, _, terminated, truncated, info = env.step(action)
-            # as driving.evaluate: a crash is a collision or leaving the road; count it,
-            # put the car back on the lane centre and go on with the policy's state kept
-            crashed = bool(info.get("crashed", False)) or not bool(info.get("on_road", True))
-            crashes += int(crashed)
-            if crashed and hasattr(env.unwrapped, "recover"):
-                obs, info = env.unwrapped.recover()
-            elif terminated or truncated:
-                obs, info = env.reset()
-                h = policy.initial_state(1)
+        while i < steps:
+            # one episode of the shared drive; a new one (fresh state) if the env ends it
+            ep = Episode(denv, steps - i, seed=seed if first else None, condition=cond, rng=rng, rule=rule)
+            first = False
+            h = policy.initial_state(1)
+            while not ep.done:
+                req = ep.request()
+                if req is None:  # explain refuses timing faults: every frame is delivered
+                    ep.advance(None)
+                    continue
+                info = req.info
+                dt = float(req.dt_s)
+                clean = fit_frame(np.asarray(req.clean, np.uint8), hw)
+                corrupted = fit_frame(np.asarray(req.frame, np.uint8), hw)
+                seen = corrupted if drive_on == "corrupted" else clean
+                ts = torch.tensor([[dt]], dtype=torch.float32)
+                feats.clear()
+                with torch.no_grad():
+                    out = policy(torch.as_tensor(seen)[None, None], h, ts, return_states=True)
+                    tau = None
+                    if tau_fn is not None and feats:
+                        tu = getattr(policy, "time_unit_s", 1.0)
+                        tau = tau_fn(feats[0].reshape(1, 1, -1), h, ts / tu)[0, -1] * tu
+                steer_t, h_new = out[0], out[1]
+                states = out[2][0, -1] if len(out) > 2 and out[2] is not None else None
+                steering = float(steer_t.reshape(-1)[-1])
+                expert = info.get("expert_steering")
+                speed = ep.obs.get("speed") if isinstance(ep.obs, dict) else None
+                yield Step(
+                    index=i, clean=clean, seen=seen, corrupted=corrupted, h_prev=h, dt=dt,
+                    steering=steering, states=_state_vector(states),
+                    tau_s=None if tau is None else _state_vector(tau),
+                    features=_state_vector(feats[0]) if feats else None,
+                    expert=None if expert is None else float(expert),
+                    cross_track_m=float(info.get("cross_track_m", float("nan"))), crashes=crashes,
+                    time_s=float(info.get("time_s", 0.0)),
+                    speed_mps=None if speed is None else float(np.asarray(speed).reshape(-1)[0]),
+                )
+                h = h_new
+                st = ep.advance(steering)
+                crashes += int(st.intervention is not None)
+                i += 1
     finally:
         hook.remove()
