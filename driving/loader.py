@@ -156,7 +156,8 @@ class WindowDataset(TorchDataset):
 # ----------------------------------------------------------------------------------------
 # stateful truncated BPTT: which window each batch row trains on, step by step
 # ----------------------------------------------------------------------------------------
-def stateful_plan(windows: WindowDataset, streams: int, gen: Any) -> list[list[tuple[int, int, bool]]]:
+def stateful_plan(windows: WindowDataset, streams: int, gen: Any,
+                  start_anywhere: bool = False) -> list[list[tuple[int, int, bool]]]:
     """Steps of `(stream, window index, reset)` rows for stateful truncated BPTT.
 
     Each of `streams` batch rows walks through whole episodes (drawn in a random order from
@@ -165,6 +166,11 @@ def stateful_plan(windows: WindowDataset, streams: int, gen: Any) -> list[list[t
     as in closed loop); otherwise the trainer carries the row's state from its previous
     window. Rows whose stream has run out of episodes leave the batch, so the last steps
     are smaller. `windows` must be tiled (`WindowDataset(..., tile=True)`).
+
+    `start_anywhere`: each stream's first episode begins at a random window (drawn from
+    `gen`, `reset` True there: the state starts from zero mid-episode, which a burn-in
+    covers). Why: an epoch capped by --max-frames stops after a few steps, and without it
+    every capped epoch would train only the episodes' first seconds.
     """
     import torch
 
@@ -180,6 +186,7 @@ def stateful_plan(windows: WindowDataset, streams: int, gen: Any) -> list[list[t
     order = [list(per_episode)[j] for j in torch.randperm(len(per_episode), generator=gen).tolist()]
     queue = iter(order)
     current: list[list[int]] = [[] for _ in range(streams)]
+    first = [True] * streams
     plan: list[list[tuple[int, int, bool]]] = []
     while True:
         step: list[tuple[int, int, bool]] = []
@@ -190,6 +197,10 @@ def stateful_plan(windows: WindowDataset, streams: int, gen: Any) -> list[list[t
                 if nxt is None:
                     continue
                 current[s] = list(per_episode[nxt])
+                if start_anywhere and first[s]:
+                    skip = int(torch.randint(0, len(current[s]), (1,), generator=gen))
+                    current[s] = current[s][skip:]
+                first[s] = False
                 reset = True
             step.append((s, current[s].pop(0), reset))
         if not step:

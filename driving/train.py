@@ -12,7 +12,8 @@ Read top to bottom, this file is the whole algorithm (`train` at the end drives 
      the episode, where the zero state is the true one);
    - *stateful* (`stateful=True`): each batch row walks through an episode window after
      window, and the recurrent state is carried (detached) from one window to the next, as
-     in closed loop, where the agent drives hundreds of steps on one state.
+     in closed loop, where the agent drives hundreds of steps on one state (a row that
+     starts mid-episode from the zero state gets the burn-in on its first window).
    Liquid cores (LTC, CfC) receive the real elapsed time of each frame (`dt`).
 3. **The paper's recipe** (Lechner et al. 2020), the default for every policy:
    loss = mean(exp(α·|y|)·(ŷ − y)²) (steering normalised to [−1, 1]; α = 3 weighs full lock
@@ -136,9 +137,6 @@ class TrainConfig:
             if not ok:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is out of range: "
                                 f"it must be {valid}")
-        if self.stateful and self.burn_in:
-            raise UserError(f"--burn-in {self.burn_in} with --stateful: a stateful window starts "
-                            "from the carried state, so there is nothing to burn in; drop one")
 
     @property
     def window_stride(self) -> int:
@@ -364,7 +362,7 @@ def _train_loader(cfg: TrainConfig, dist: runio.Dist, device: torch.device, gen:
     common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda",
               "worker_init_fn": die_with_parent() if cfg.workers else None}
     if cfg.stateful:
-        plan = stateful_plan(windows, cfg.batch, gen)
+        plan = stateful_plan(windows, cfg.batch, gen, start_anywhere=cfg.max_frames > 0)
         batches = [[w for _, w, _ in step] for step in plan]
         return DataLoader(windows, batch_sampler=batches, **common), plan
     sampler = DistributedSampler(windows, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
@@ -425,6 +423,8 @@ def train_epoch(model: nn.Module, policy: nn.Module, loader, plan, opt: torch.op
         if plan is not None:
             carried = store(carried, rows, h)
         mask = loss_mask(batch["start"], cfg.seq_len, cfg.burn_in)
+        if mask is not None and plan is not None:  # a carried state needs no burn-in
+            mask = mask | ~torch.tensor(reset)[:, None]
         mask = None if mask is None else mask.to(device)
         loss, mse = weighted_mse(pred, batch["steering"].float(), cfg.alpha, mask)
         value = finite_or_stop(float(loss.detach()), f"{desc}, step {i + 1}")

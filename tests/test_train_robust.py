@@ -255,7 +255,7 @@ def test_dataloader_workers_die_with_a_sigkilled_train(tmp_path):
     (("--alpha", "nan"), ["--alpha nan", "finite"]),
     (("--burn-in", "8"), ["--burn-in 8", "[0, 7]"]),
     (("--burn-in", "-1"), ["--burn-in -1", "[0, 7]"]),
-    (("--burn-in", "2", "--stateful"), ["--burn-in 2", "--stateful"]),
+    (("--burn-in", "9", "--stateful"), ["--burn-in 9", "[0, 7]"]),
     (("--augment", "photometric,blur"), ["'blur'", "photometric, shadow, noise"]),
     (("--device", "tpu"), ["--device tpu", "cpu, cuda, auto"]),
     (("--precision", "fp16"), ["--precision fp16", "fp32, bf16"]),

@@ -64,6 +64,11 @@ def test_stateful_plan_walks_every_episode_in_order_once(tagged):
             if not reset:  # the stream's previous window is the one just before, same episode
                 assert last[s] == (ep, start - 8)
             last[s] = (ep, start)
+    # starting anywhere: each stream's first episode may begin mid-way, still in order after
+    anywhere = stateful_plan(ds, streams=3, gen=torch.Generator().manual_seed(5), start_anywhere=True)
+    firsts = [ds.window(w)[1] for s in range(3) for step in anywhere[:1] for st, w, _ in step if st == s]
+    assert any(f > 0 for f in firsts) and all(reset for _, _, reset in anywhere[0])
+    assert {w for step in anywhere for _, w, _ in step} < set(range(len(ds)))
     other = stateful_plan(ds, streams=3, gen=torch.Generator().manual_seed(2))
     assert [r for st in plan for r in st] != [r for st in other for r in st]  # the order is drawn
     with pytest.raises(ValueError, match="tiled"):
@@ -134,23 +139,25 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("win") / "ds", episodes=5, length=24)
 
 
-@pytest.mark.parametrize("scheme", [("--seq-len", "8", "--burn-in", "3"), ("--seq-len", "6", "--stateful")])
+@pytest.mark.parametrize("scheme", [("--seq-len", "8", "--burn-in", "3"), ("--seq-len", "6", "--stateful"),
+                                    ("--seq-len", "6", "--stateful", "--burn-in", "2", "--max-frames", "48")])
 def test_schemes_train_resume_and_record_their_settings(data, tmp_path, scheme):
     from safetensors.torch import load_file
 
     from policies.checkpoint import read_config
 
-    common = ["--policy", "ncp-cfc", "--epochs", "2", "--patience", "0", "--cnn-warmup-steps", "3",
+    common = ["--policy", "ncp-cfc", "--patience", "0", "--cnn-warmup-steps", "3",
               "--augment", "photometric,noise", *scheme]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    assert main([*small_args(data, ref), *common]) == 0
+    assert main([*small_args(data, ref), *common, "--epochs", "2"]) == 0
     training = read_config(ref)["training"]
     assert training["augment"] == "photometric,noise"
-    assert (training["burn_in"], training["stateful"]) == ((3, False) if "--burn-in" in scheme else (0, True))
+    assert training["stateful"] == ("--stateful" in scheme)
+    assert training["burn_in"] == (int(scheme[scheme.index("--burn-in") + 1]) if "--burn-in" in scheme else 0)
     rows = (ref / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and all(np.isfinite(float(r.split(",")[2])) for r in rows[1:])
     # one epoch, then resumed: the same weights as the run straight through
-    assert main([*small_args(data, cut), *[c if c != "2" else "1" for c in common]]) == 0
+    assert main([*small_args(data, cut), *common, "--epochs", "1"]) == 0
     assert main(["train", "--out", str(cut), "--resume", "--epochs", "2"]) == 0
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
