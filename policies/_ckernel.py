@@ -3,10 +3,23 @@
 Why: the liquid cells are tiny (19 neurons, ~60 recurrent synapses) and run hundreds of
 sequential steps, so eager PyTorch spends >95 % of its time in per-op overhead. One C call
 per sequence (forward, and the hand-derived adjoint for backward) removes that overhead.
-The kernels are plain C99 over contiguous float32/float64 buffers, loaded with ctypes; no
-Python extension build is involved. If no compiler is available (or
-``LIQUID_DRIVE_NO_CKERNEL=1``), `lib()` returns None and the cells use their pure-PyTorch
-path, which computes the same function (the tests compare both).
+
+The sources are real C files shipped as package data (``policies/csrc/liquid_cells.c``,
+``liquid_cells.h``, ``liquid_cells_impl.h``), read through `importlib.resources` and compiled
+with ``cc -O3 -Wall -std=c99 -fPIC -shared -march=native`` (without ``-march=native`` if the
+compiler refuses it) into the cache folder (``$LIQUID_DRIVE_CACHE`` or
+``~/.cache/liquid-drive``, subfolder ``kernels``). The shared object is named by a hash of
+the sources, the flags, the compiler and its version, and the CPU, and is checked at load
+(ABI version, the size of every argument structure, the embedded build key), so a stale or
+foreign file with a plausible name is rebuilt, never trusted. Each build's commands and
+compiler output are kept beside it in ``liquid_cells_<key>.log``.
+
+Every kernel takes one pointer to an argument structure (``lc_*_args`` in
+``liquid_cells.h``), mirrored here by `ctypes.Structure` classes of the same field order.
+
+No compiler, or a failed build: one loud one-line `CKernelWarning` and the cells use their
+pure-PyTorch path (same function, tens of times slower; the tests compare both).
+``LIQUID_DRIVE_NO_CKERNEL=1`` chooses that path without a warning.
 """
 
 from __future__ import annotations
@@ -20,493 +33,92 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
-_SRC = r"""
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-#include <stdlib.h>
+from policies.atomicio import atomic_write_bytes, atomic_write_text
 
-/* The LTC kernels process LN batch samples at once ("lanes", innermost index), so every
-   inner loop is a contiguous, vectorisable loop over lanes. Saved tensors use the blocked
-   layout [block][...][lane]; the last block is padded with copies of its last sample. */
+ABI_VERSION = 2  # LC_ABI_VERSION in liquid_cells.h
+LANES = 16  # batch samples per vector block in the kernels (LC_LANES)
+SOURCES = ("liquid_cells.h", "liquid_cells_impl.h", "liquid_cells.c")
+BASE_FLAGS = ("-O3", "-Wall", "-std=c99", "-fPIC", "-shared")
 
-static inline void fwd_edge_SUF(const REAL* restrict vp, REAL* restrict se, REAL* restrict nq,
-                                REAL* restrict dq, REAL sg, REAL bz, REAL we, REAL wp) {
-    for (int l = 0; l < LN; l++) {
-        REAL s = SIGM(sg * vp[l] + bz);
-        se[l] = s;
-        nq[l] += we * s;
-        dq[l] += wp * s;
-    }
+
+class CKernelWarning(RuntimeWarning):
+    """The C kernels could not be built or loaded; the (much slower) PyTorch path is used."""
+
+
+# ---------------------------------------------------------------------- argument structures
+_I, _P, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+
+
+def _fields(spec: str) -> list[tuple[str, Any]]:
+    """``"i:B,T p:x d:dt_s"`` → ctypes fields (i = int64, p = pointer, d = double)."""
+    kinds = {"i": _I, "p": _P, "d": _D}
+    out: list[tuple[str, Any]] = []
+    for group in spec.split():
+        kind, names = group.split(":")
+        out += [(n, kinds[kind]) for n in names.split(",")]
+    return out
+
+
+class LTCFwdArgs(ctypes.Structure):
+    """Mirror of ``lc_ltc_fwd_args``."""
+
+    _fields_ = _fields("i:B,T,F,N,Es,E,K p:x,dt d:dt_s p:v0,iw,ib,ssrc,sdst,ssig,sbz,swE,swp,"
+                       "a0,d0,cmK,src,dst,sig,bz,wE,wp,out i:save p:SS,Vs,S,DEN i:M p:ow,ob,y "
+                       "i:check,bad")
+
+
+class LTCBwdArgs(ctypes.Structure):
+    """Mirror of ``lc_ltc_bwd_args``."""
+
+    _fields_ = _fields("i:B,T,F,N,Es,E,K p:x,dt d:dt_s p:iw,ib,ssrc,sdst,ssig,swE,swp,cmK,src,"
+                       "dst,sig,wE,wp,SS,Vs,S,DEN,gV,gx,gdt,gv0,gP")
+
+
+class CfCFwdArgs(ctypes.Structure):
+    """Mirror of ``lc_cfc_fwd_args``."""
+
+    _fields_ = _fields("i:T,B,N,H,mode,L p:off,size,PX,x,Wx,bias i:F p:h0,dts d:dt_s i:no "
+                       "p:o_row,o_col,o_val,n_lo,n_hi,n_row,n_col,n_val,A,wt,perm_in,perm_out,Hs "
+                       "i:save p:Z i:check,bad")
+
+
+class CfCBwdArgs(ctypes.Structure):
+    """Mirror of ``lc_cfc_bwd_args``."""
+
+    _fields_ = _fields("i:T,B,N,H,mode,L p:off,size,h0,dts,Hs,Z i:no p:o_row,o_col,o_val,n_lo,"
+                       "n_hi,n_row,n_col,n_val,A,wt,gHs,gPX,gh0,gdt,g_oval,g_nval,gA,gwt")
+
+
+_STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "ltc_fwd": LTCFwdArgs, "ltc_bwd": LTCBwdArgs, "cfc_fwd": CfCFwdArgs, "cfc_bwd": CfCBwdArgs,
 }
+_STRUCT_IDS = {"ltc_fwd": 0, "ltc_bwd": 1, "cfc_fwd": 2, "cfc_bwd": 3}
 
-static inline void bwd_edge_SUF(const REAL* restrict gn, const REAL* restrict gd,
-                                const REAL* restrict se, const REAL* restrict vp,
-                                REAL* restrict gp, REAL* restrict aE, REAL* restrict aP,
-                                REAL* restrict aS, REAL* restrict aB, REAL we, REAL wp, REAL sg) {
-    for (int l = 0; l < LN; l++) {
-        REAL s = se[l];
-        REAL gz = (gn[l] * we + gd[l] * wp) * s * ((REAL)1 - s);
-        aE[l] += s * gn[l];
-        aP[l] += s * gd[l];
-        aS[l] += gz * vp[l];
-        aB[l] += gz;
-        gp[l] += gz * sg;
-    }
-}
 
-/* LTC forward over a sequence, sensory synapses included. x (B,T,F) raw inputs; dt (B,T)
-   or NULL (then every dt = dt_s); v0 (B,N). Input map xm = x*iw + ib. Sensory edges
-   ssrc/sdst (Es): a = sigmoid(ssig*xm[ssrc] + sbz), A[sdst] += swE*a, D[sdst] += swp*a on
-   top of A = a0, D = d0 + c, c = cmK/dt. Recurrent edges src/dst (E) likewise with
-   sig, bz, wE, wp. K unfolds: v <- (A + c*v + sum wE*s) / (D + sum wp*s). out (B,T,N).
-   If save: blocked SS (nb,T,Es,LN), Vs (nb,T*K+1,N,LN), S (nb,T*K,E,LN), DEN (nb,T*K,N,LN).
-   If y: motor outputs y (B,T,M) = v[:M]*ow + ob. */
-void ltc_fwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t E, int64_t K,
-                 const REAL* x, const REAL* dt, double dt_s, const REAL* v0,
-                 const REAL* iw, const REAL* ib,
-                 const int64_t* ssrc, const int64_t* sdst, const REAL* ssig, const REAL* sbz,
-                 const REAL* swE, const REAL* swp,
-                 const REAL* a0, const REAL* d0, const REAL* cmK,
-                 const int64_t* src, const int64_t* dst,
-                 const REAL* sig, const REAL* bz, const REAL* wE, const REAL* wp,
-                 REAL* out, int save, REAL* SS, REAL* Vs, REAL* S, REAL* DEN,
-                 int64_t M, const REAL* ow, const REAL* ob, REAL* y) {
-    int64_t nb = (B + LN - 1) / LN;
-    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (6 * N + F + 2));
-    REAL *A = buf, *D = A + N * LN, *c = D + N * LN, *v = c + N * LN, *num = v + N * LN,
-         *den = num + N * LN, *xm = den + N * LN, *s = xm + F * LN, *dd = s + LN;
-    int64_t bl[LN];
-    for (int64_t blk = 0; blk < nb; blk++) {
-        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
-        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
-        for (int64_t n = 0; n < N; n++)
-            for (int l = 0; l < LN; l++) v[n * LN + l] = v0[bl[l] * N + n];
-        REAL* Vsb = save ? Vs + blk * (T * K + 1) * N * LN : NULL;
-        if (save) memcpy(Vsb, v, sizeof(REAL) * N * LN);
-        for (int64_t t = 0; t < T; t++) {
-            for (int l = 0; l < LN; l++) dd[l] = dt ? dt[bl[l] * T + t] : (REAL)dt_s;
-            for (int64_t f = 0; f < F; f++)
-                for (int l = 0; l < LN; l++)
-                    xm[f * LN + l] = x[(bl[l] * T + t) * F + f] * iw[f] + ib[f];
-            for (int64_t n = 0; n < N; n++)
-                for (int l = 0; l < LN; l++) {
-                    REAL cc = cmK[n] / dd[l];
-                    c[n * LN + l] = cc; A[n * LN + l] = a0[n]; D[n * LN + l] = d0[n] + cc;
-                }
-            REAL* ssb = save ? SS + (blk * T + t) * Es * LN : NULL;
-            for (int64_t e = 0; e < Es; e++)
-                fwd_edge_SUF(xm + ssrc[e] * LN, save ? ssb + e * LN : s, A + sdst[e] * LN,
-                             D + sdst[e] * LN, ssig[e], sbz[e], swE[e], swp[e]);
-            for (int64_t k = 0; k < K; k++) {
-                int64_t i = t * K + k;
-                for (int64_t j = 0; j < N * LN; j++) { num[j] = A[j] + c[j] * v[j]; den[j] = D[j]; }
-                REAL* Sb = save ? S + (blk * T * K + i) * E * LN : NULL;
-                for (int64_t e = 0; e < E; e++)
-                    fwd_edge_SUF(v + src[e] * LN, save ? Sb + e * LN : s, num + dst[e] * LN,
-                                 den + dst[e] * LN, sig[e], bz[e], wE[e], wp[e]);
-                for (int64_t j = 0; j < N * LN; j++) v[j] = num[j] / den[j];
-                if (save) {
-                    memcpy(DEN + (blk * T * K + i) * N * LN, den, sizeof(REAL) * N * LN);
-                    memcpy(Vsb + (i + 1) * N * LN, v, sizeof(REAL) * N * LN);
-                }
-            }
-            for (int64_t l = 0; l < nl; l++) {
-                int64_t bt = (b0 + l) * T + t;
-                for (int64_t n = 0; n < N; n++) out[bt * N + n] = v[n * LN + l];
-                if (y) for (int64_t m = 0; m < M; m++) y[bt * M + m] = v[m * LN + l] * ow[m] + ob[m];
-            }
-        }
-    }
-    free(buf);
-}
+def make_args(kind: str, **values: Any) -> ctypes.Structure:
+    """An argument structure for kernel `kind`; tensors become their data pointers."""
+    cls = _STRUCTS[kind]
+    conv = {k: (v.data_ptr() if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+    return cls(**conv)
 
-/* LTC adjoint of ltc_fwd (save=1). gV (B,T,N) in. Overwritten: gx (B,T,F), gdt (B,T),
-   gv0 (B,N). Accumulated (caller zeroes): gP = [g_iw, g_ib (F each); g_ssig, g_sbz, g_swE,
-   g_swp (Es each); g_a0, g_d0, g_cmK (N each); g_sig, g_bz, g_wE, g_wp (E each)]. */
-void ltc_bwd_SUF(int64_t B, int64_t T, int64_t F, int64_t N, int64_t Es, int64_t E, int64_t K,
-                 const REAL* x, const REAL* dt, double dt_s,
-                 const REAL* iw, const REAL* ib,
-                 const int64_t* ssrc, const int64_t* sdst, const REAL* ssig,
-                 const REAL* swE, const REAL* swp, const REAL* cmK,
-                 const int64_t* src, const int64_t* dst,
-                 const REAL* sig, const REAL* wE, const REAL* wp,
-                 const REAL* SS, const REAL* Vs, const REAL* S, const REAL* DEN,
-                 const REAL* gV, REAL* gx, REAL* gdt, REAL* gv0, REAL* gP) {
-    int64_t nb = (B + LN - 1) / LN;
-    int64_t P = 2 * F + 4 * Es + 3 * N + 4 * E;
-    REAL* acc = (REAL*)calloc((size_t)(P * LN), sizeof(REAL));
-    REAL *a_iw = acc, *a_ib = a_iw + F * LN, *a_ssig = a_ib + F * LN, *a_sbz = a_ssig + Es * LN,
-         *a_swE = a_sbz + Es * LN, *a_swp = a_swE + Es * LN, *a_a0 = a_swp + Es * LN,
-         *a_d0 = a_a0 + N * LN, *a_cmK = a_d0 + N * LN, *a_sig = a_cmK + N * LN,
-         *a_bz = a_sig + E * LN, *a_wE = a_bz + E * LN, *a_wp = a_wE + E * LN;
-    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (8 * N + 2 * F + 2));
-    REAL *g = buf, *gnum = g + N * LN, *gden = gnum + N * LN, *gnew = gden + N * LN,
-         *gA = gnew + N * LN, *gD = gA + N * LN, *gc = gD + N * LN, *c = gc + N * LN,
-         *xm = c + N * LN, *gxm = xm + F * LN, *dd = gxm + F * LN, *gdl = dd + LN;
-    int64_t bl[LN];
-    for (int64_t blk = 0; blk < nb; blk++) {
-        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
-        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
-        const REAL* Vsb = Vs + blk * (T * K + 1) * N * LN;
-        for (int64_t j = 0; j < N * LN; j++) g[j] = 0;
-        for (int64_t t = T - 1; t >= 0; t--) {
-            for (int l = 0; l < LN; l++) { dd[l] = dt ? dt[bl[l] * T + t] : (REAL)dt_s; gdl[l] = 0; }
-            for (int64_t n = 0; n < N; n++)
-                for (int l = 0; l < LN; l++) c[n * LN + l] = cmK[n] / dd[l];
-            for (int64_t l = 0; l < nl; l++)
-                for (int64_t n = 0; n < N; n++) g[n * LN + l] += gV[((b0 + l) * T + t) * N + n];
-            for (int64_t j = 0; j < N * LN; j++) { gA[j] = 0; gD[j] = 0; gc[j] = 0; }
-            for (int64_t k = K - 1; k >= 0; k--) {
-                int64_t i = t * K + k;
-                const REAL* vin = Vsb + i * N * LN;
-                const REAL* vout = vin + N * LN;
-                const REAL* dn = DEN + (blk * T * K + i) * N * LN;
-                const REAL* Sb = S + (blk * T * K + i) * E * LN;
-                for (int64_t j = 0; j < N * LN; j++) {
-                    REAL gn = g[j] / dn[j];
-                    REAL gdn = -gn * vout[j];
-                    gnum[j] = gn; gden[j] = gdn;
-                    gA[j] += gn; gD[j] += gdn; gc[j] += gn * vin[j];
-                    gnew[j] = gn * c[j];
-                }
-                for (int64_t e = 0; e < E; e++)
-                    bwd_edge_SUF(gnum + dst[e] * LN, gden + dst[e] * LN, Sb + e * LN,
-                                 vin + src[e] * LN, gnew + src[e] * LN, a_wE + e * LN,
-                                 a_wp + e * LN, a_sig + e * LN, a_bz + e * LN, wE[e], wp[e], sig[e]);
-                REAL* tmp = g; g = gnew; gnew = tmp;
-            }
-            /* frame terms: A = a0 + sens, D = d0 + c + sens, c = cmK/dt */
-            for (int64_t n = 0; n < N; n++)
-                for (int l = 0; l < LN; l++) {
-                    int64_t j = n * LN + l;
-                    a_a0[j] += gA[j];
-                    a_d0[j] += gD[j];
-                    REAL gcc = gc[j] + gD[j];
-                    a_cmK[j] += gcc / dd[l];
-                    gdl[l] -= gcc * c[j] / dd[l];
-                }
-            for (int64_t l = 0; l < nl; l++) gdt[(b0 + l) * T + t] = gdl[l];
-            for (int64_t f = 0; f < F; f++)
-                for (int l = 0; l < LN; l++) {
-                    xm[f * LN + l] = x[(bl[l] * T + t) * F + f] * iw[f] + ib[f];
-                    gxm[f * LN + l] = 0;
-                }
-            const REAL* ssb = SS + (blk * T + t) * Es * LN;
-            for (int64_t e = 0; e < Es; e++)
-                bwd_edge_SUF(gA + sdst[e] * LN, gD + sdst[e] * LN, ssb + e * LN,
-                             xm + ssrc[e] * LN, gxm + ssrc[e] * LN, a_swE + e * LN,
-                             a_swp + e * LN, a_ssig + e * LN, a_sbz + e * LN, swE[e], swp[e], ssig[e]);
-            for (int64_t f = 0; f < F; f++)
-                for (int l = 0; l < LN; l++) {
-                    int64_t j = f * LN + l;
-                    REAL xv = x[(bl[l] * T + t) * F + f];
-                    a_iw[j] += gxm[j] * xv;
-                    a_ib[j] += gxm[j];
-                }
-            for (int64_t l = 0; l < nl; l++)
-                for (int64_t f = 0; f < F; f++)
-                    gx[((b0 + l) * T + t) * F + f] = gxm[f * LN + l] * iw[f];
-        }
-        for (int64_t l = 0; l < nl; l++)
-            for (int64_t n = 0; n < N; n++) gv0[(b0 + l) * N + n] = g[n * LN + l];
-    }
-    for (int64_t p = 0; p < P; p++) {
-        REAL sum = 0;
-        for (int l = 0; l < LN; l++) sum += acc[p * LN + l];
-        gP[p] += sum;
-    }
-    free(buf);
-    free(acc);
-}
 
-/* CfC gates over the LN lanes of one neuron: z1..z4 its head rows (LN each). */
-static inline void cfc_gate_SUF(int mode, const REAL* restrict z1, const REAL* restrict z2,
-                                const REAL* restrict z3, const REAL* restrict z4,
-                                const REAL* restrict ts, REAL A, REAL wt, REAL* restrict h) {
-    if (mode == 2) {
-        REAL awt = (REAL)fabs(wt);
-        for (int l = 0; l < LN; l++) {
-            REAL f = z1[l];
-            h[l] = -A * EXP(-ts[l] * (awt + (REAL)fabs(f))) * f + A;
-        }
-    } else if (mode == 1) {
-        for (int l = 0; l < LN; l++)
-            h[l] = TANH(z1[l]) + SIGM(z3[l] * ts[l] + z4[l]) * TANH(z2[l]);
-    } else {
-        for (int l = 0; l < LN; l++) {
-            REAL f1 = TANH(z1[l]), f2 = TANH(z2[l]), sg = SIGM(z3[l] * ts[l] + z4[l]);
-            h[l] = f1 * ((REAL)1 - sg) + sg * f2;
-        }
-    }
-}
-
-static inline void lane_axpy_SUF(REAL* restrict y, const REAL* restrict x, REAL a) {
-    for (int l = 0; l < LN; l++) y[l] += a * x[l];
-}
-
-/* y += a*x and acc += x*w (both per lane). */
-static inline void lane_bwd_SUF(REAL* restrict gsrc, REAL* restrict acc, const REAL* restrict gz,
-                                const REAL* restrict hsrc, REAL w) {
-    for (int l = 0; l < LN; l++) { acc[l] += hsrc[l] * gz[l]; gsrc[l] += w * gz[l]; }
-}
-
-/* Wired CfC forward, internal (layer-major) neuron order, LN samples per block.
-   PX (B,T,HN) = x·Wx + bias; h0 (B,N); dts (B,T) or NULL (then dt_s); perm_in/perm_out
-   (nullable): read h0[perm_in[i]] into internal neuron i, write internal neuron
-   perm_out[j] to output column j. Old-state weights: column-sorted list (o_row, o_col,
-   o_val, no); new-state weights likewise (n_row, n_col, n_val) with per-layer ranges
-   n_lo/n_hi. Layers: L, off (L), size (L). Out: Hs (B,T,N); if save: Z (nb,T,HN,LN). */
-void cfc_fwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L,
-                 const int64_t* off, const int64_t* size,
-                 const REAL* PX, const REAL* h0, const REAL* dts, double dt_s,
-                 int64_t no, const int64_t* o_row, const int64_t* o_col, const REAL* o_val,
-                 const int64_t* n_lo, const int64_t* n_hi,
-                 const int64_t* n_row, const int64_t* n_col, const REAL* n_val,
-                 const REAL* Ap, const REAL* wtp, const int64_t* perm_in, const int64_t* perm_out,
-                 REAL* Hs, int save, REAL* Z) {
-    int64_t HN = H * N, nb = (B + LN - 1) / LN;
-    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (HN + 2 * N + 1));
-    REAL *z = buf, *hold = z + HN * LN, *hn = hold + N * LN, *ts = hn + N * LN;
-    int64_t bl[LN];
-    for (int64_t blk = 0; blk < nb; blk++) {
-        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
-        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
-        for (int64_t i = 0; i < N; i++)
-            for (int l = 0; l < LN; l++)
-                hold[i * LN + l] = h0[bl[l] * N + (perm_in ? perm_in[i] : i)];
-        for (int64_t t = 0; t < T; t++) {
-            for (int l = 0; l < LN; l++) ts[l] = dts ? dts[bl[l] * T + t] : (REAL)dt_s;
-            for (int64_t j = 0; j < HN; j++)
-                for (int l = 0; l < LN; l++) z[j * LN + l] = PX[(bl[l] * T + t) * HN + j];
-            for (int64_t q = 0; q < no; q++)
-                lane_axpy_SUF(z + o_col[q] * LN, hold + o_row[q] * LN, o_val[q]);
-            for (int64_t k = 0; k < L; k++) {
-                for (int64_t q = n_lo[k]; q < n_hi[k]; q++)
-                    lane_axpy_SUF(z + n_col[q] * LN, hn + n_row[q] * LN, n_val[q]);
-                int64_t o = off[k], n = size[k];
-                const REAL* zl = z + H * o * LN;
-                for (int64_t r = 0; r < n; r++) {
-                    const REAL* z1 = zl + r * LN;
-                    cfc_gate_SUF(mode, z1, z1 + n * LN, z1 + 2 * n * LN, z1 + 3 * n * LN, ts,
-                                 Ap ? Ap[o + r] : 0, wtp ? wtp[o + r] : 0, hn + (o + r) * LN);
-                }
-            }
-            if (save) memcpy(Z + (blk * T + t) * HN * LN, z, sizeof(REAL) * HN * LN);
-            for (int64_t l = 0; l < nl; l++)
-                for (int64_t j = 0; j < N; j++)
-                    Hs[((b0 + l) * T + t) * N + j] = hn[(perm_out ? perm_out[j] : j) * LN + l];
-            memcpy(hold, hn, sizeof(REAL) * N * LN);
-        }
-    }
-    free(buf);
-}
-
-static inline void cfc_gate_bwd_SUF(int nogate, const REAL* restrict gh, const REAL* restrict z1,
-                                    const REAL* restrict z2, const REAL* restrict z3,
-                                    const REAL* restrict z4, const REAL* restrict ts,
-                                    REAL* restrict g1, REAL* restrict g2, REAL* restrict g3,
-                                    REAL* restrict g4, REAL* restrict gts) {
-    for (int l = 0; l < LN; l++) {
-        REAL f1 = TANH(z1[l]), f2 = TANH(z2[l]);
-        REAL sg = SIGM(z3[l] * ts[l] + z4[l]);
-        REAL d1 = gh[l] * ((REAL)1 - f1 * f1);
-        g1[l] = nogate ? d1 : d1 * ((REAL)1 - sg);
-        REAL gs = nogate ? gh[l] * f2 : gh[l] * (f2 - f1);
-        g2[l] = gh[l] * sg * ((REAL)1 - f2 * f2);
-        REAL gsp = gs * sg * ((REAL)1 - sg);
-        g3[l] = gsp * ts[l];
-        g4[l] = gsp;
-        gts[l] += gsp * z3[l];
-    }
-}
-
-static inline void cfc_pure_bwd_SUF(const REAL* restrict gh, const REAL* restrict z1,
-                                    const REAL* restrict ts, REAL A, REAL wt, REAL* restrict g1,
-                                    REAL* restrict aA, REAL* restrict aw, REAL* restrict gts) {
-    REAL awt = (REAL)fabs(wt);
-    REAL sw = wt > 0 ? (REAL)1 : (wt < 0 ? (REAL)-1 : (REAL)0);
-    for (int l = 0; l < LN; l++) {
-        REAL f = z1[l], af = (REAL)fabs(f);
-        REAL e = EXP(-ts[l] * (awt + af));
-        g1[l] = -gh[l] * A * e * ((REAL)1 - ts[l] * af);
-        aA[l] += gh[l] * ((REAL)1 - e * f);
-        aw[l] += gh[l] * A * f * e * ts[l] * sw;
-        gts[l] += gh[l] * A * f * e * (awt + af);
-    }
-}
-
-/* Wired CfC adjoint (internal order, no perms). gHs (B,T,N) in. Out (overwritten):
-   gPX (B,T,HN), gh0 (B,N), gdt (B,T). Accumulated (caller zeroes): g_oval (no),
-   g_nval (n_hi[L-1]), gA (N), gwt (N). */
-void cfc_bwd_SUF(int64_t T, int64_t B, int64_t N, int64_t H, int mode, int64_t L,
-                 const int64_t* off, const int64_t* size,
-                 const REAL* h0, const REAL* dts, const REAL* Hs, const REAL* Z,
-                 int64_t no, const int64_t* o_row, const int64_t* o_col, const REAL* o_val,
-                 const int64_t* n_lo, const int64_t* n_hi,
-                 const int64_t* n_row, const int64_t* n_col, const REAL* n_val,
-                 const REAL* Ap, const REAL* wtp, const REAL* gHs,
-                 REAL* gPX, REAL* gh0, REAL* gdt,
-                 REAL* g_oval, REAL* g_nval, REAL* gA, REAL* gwt) {
-    int64_t HN = H * N, nb = (B + LN - 1) / LN, nn = n_hi[L - 1];
-    int64_t P = no + nn + 2 * N;
-    REAL* acc = (REAL*)calloc((size_t)(P * LN), sizeof(REAL));
-    REAL *a_o = acc, *a_n = a_o + no * LN, *a_A = a_n + nn * LN, *a_wt = a_A + N * LN;
-    REAL* buf = (REAL*)malloc(sizeof(REAL) * LN * (HN + 4 * N + 2));
-    REAL *gz = buf, *g = gz + HN * LN, *gold = g + N * LN, *hn = gold + N * LN,
-         *hold = hn + N * LN, *ts = hold + N * LN, *gts = ts + LN;
-    int64_t bl[LN];
-    for (int64_t blk = 0; blk < nb; blk++) {
-        int64_t b0 = blk * LN, nl = B - b0 < LN ? B - b0 : LN;
-        for (int l = 0; l < LN; l++) bl[l] = b0 + (l < nl ? l : nl - 1);
-        for (int64_t j = 0; j < N * LN; j++) g[j] = 0;
-        for (int64_t t = T - 1; t >= 0; t--) {
-            const REAL* z = Z + (blk * T + t) * HN * LN;
-            for (int l = 0; l < LN; l++) { ts[l] = dts[bl[l] * T + t]; gts[l] = 0; }
-            for (int64_t i = 0; i < N; i++)
-                for (int l = 0; l < LN; l++) {
-                    hn[i * LN + l] = Hs[(bl[l] * T + t) * N + i];
-                    hold[i * LN + l] = t > 0 ? Hs[(bl[l] * T + t - 1) * N + i] : h0[bl[l] * N + i];
-                }
-            for (int64_t l = 0; l < nl; l++)
-                for (int64_t i = 0; i < N; i++) g[i * LN + l] += gHs[((b0 + l) * T + t) * N + i];
-            for (int64_t k = L - 1; k >= 0; k--) {
-                int64_t o = off[k], n = size[k];
-                const REAL* zl = z + H * o * LN;
-                REAL* gzl = gz + H * o * LN;
-                for (int64_t r = 0; r < n; r++) {
-                    const REAL* gh = g + (o + r) * LN;
-                    const REAL* z1 = zl + r * LN;
-                    REAL* g1 = gzl + r * LN;
-                    if (mode == 2)
-                        cfc_pure_bwd_SUF(gh, z1, ts, Ap[o + r], wtp[o + r], g1,
-                                         a_A + (o + r) * LN, a_wt + (o + r) * LN, gts);
-                    else
-                        cfc_gate_bwd_SUF(mode == 1, gh, z1, z1 + n * LN, z1 + 2 * n * LN,
-                                         z1 + 3 * n * LN, ts, g1, g1 + n * LN, g1 + 2 * n * LN,
-                                         g1 + 3 * n * LN, gts);
-                }
-                for (int64_t q = n_lo[k]; q < n_hi[k]; q++)
-                    lane_bwd_SUF(g + n_row[q] * LN, a_n + q * LN, gz + n_col[q] * LN,
-                                 hn + n_row[q] * LN, n_val[q]);
-            }
-            for (int64_t j = 0; j < N * LN; j++) gold[j] = 0;
-            for (int64_t q = 0; q < no; q++)
-                lane_bwd_SUF(gold + o_row[q] * LN, a_o + q * LN, gz + o_col[q] * LN,
-                             hold + o_row[q] * LN, o_val[q]);
-            for (int64_t l = 0; l < nl; l++) {
-                gdt[(b0 + l) * T + t] = gts[l];
-                for (int64_t j = 0; j < HN; j++) gPX[((b0 + l) * T + t) * HN + j] = gz[j * LN + l];
-            }
-            REAL* tmp = g; g = gold; gold = tmp;
-        }
-        for (int64_t l = 0; l < nl; l++)
-            for (int64_t i = 0; i < N; i++) gh0[(b0 + l) * N + i] = g[i * LN + l];
-    }
-    for (int64_t q = 0; q < P; q++) {
-        REAL sum = 0;
-        for (int l = 0; l < LN; l++) sum += acc[q * LN + l];
-        if (q < no) g_oval[q] += sum;
-        else if (q < no + nn) g_nval[q - no] += sum;
-        else if (q < no + nn + N) gA[q - no - nn] += sum;
-        else gwt[q - no - nn - N] += sum;
-    }
-    free(buf);
-    free(acc);
-}
-
-/* Packed entry points for the per-frame inference step: two arrays instead of ~35
-   arguments, so a Python call costs a few hundred nanoseconds of argument conversion. */
-void ltc_fwd_packed_SUF(const int64_t* I, void* const* P, double dt_s) {
-    ltc_fwd_SUF(I[0], I[1], I[2], I[3], I[4], I[5], I[6], (const REAL*)P[0], (const REAL*)P[1],
-                dt_s, (const REAL*)P[2], (const REAL*)P[3], (const REAL*)P[4],
-                (const int64_t*)P[5], (const int64_t*)P[6], (const REAL*)P[7], (const REAL*)P[8],
-                (const REAL*)P[9], (const REAL*)P[10], (const REAL*)P[11], (const REAL*)P[12],
-                (const REAL*)P[13], (const int64_t*)P[14], (const int64_t*)P[15],
-                (const REAL*)P[16], (const REAL*)P[17], (const REAL*)P[18], (const REAL*)P[19],
-                (REAL*)P[20], (int)I[7], NULL, NULL, NULL, NULL, I[8], (const REAL*)P[21],
-                (const REAL*)P[22], (REAL*)P[23]);
-}
-
-/* I[8] = F; P[18..20] = x (B,F), Wx (F,HN), bias (HN): the input heads are computed here. */
-void cfc_fwd_packed_SUF(const int64_t* I, void* const* P, double dt_s) {
-    int64_t B = I[1], HN = I[3] * I[2], F = I[8];
-    const REAL *x = (const REAL*)P[18], *Wx = (const REAL*)P[19], *bias = (const REAL*)P[20];
-    REAL* px = (REAL*)malloc(sizeof(REAL) * B * HN);
-    for (int64_t b = 0; b < B; b++) {
-        REAL* row = px + b * HN;
-        for (int64_t j = 0; j < HN; j++) row[j] = bias[j];
-        for (int64_t f = 0; f < F; f++) {
-            REAL xv = x[b * F + f];
-            const REAL* w = Wx + f * HN;
-            for (int64_t j = 0; j < HN; j++) row[j] += xv * w[j];
-        }
-    }
-    cfc_fwd_SUF(I[0], I[1], I[2], I[3], (int)I[4], I[5], (const int64_t*)P[0],
-                (const int64_t*)P[1], px, (const REAL*)P[3], (const REAL*)P[4],
-                dt_s, I[6], (const int64_t*)P[5], (const int64_t*)P[6], (const REAL*)P[7],
-                (const int64_t*)P[8], (const int64_t*)P[9], (const int64_t*)P[10],
-                (const int64_t*)P[11], (const REAL*)P[12], (const REAL*)P[13],
-                (const REAL*)P[14], (const int64_t*)P[15], (const int64_t*)P[16],
-                (REAL*)P[17], 0, NULL);
-    free(px);
-}
-"""
-
+# ---------------------------------------------------------------------- build and load
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
+_status = "not loaded yet"
 
 
-_PRELUDE = r"""
-#include <math.h>
-#include <stdint.h>
-/* expf by range reduction + degree-6 polynomial (max rel. error ~2e-7), written so the
-   compiler can vectorise loops over it (libm's expf is an opaque call). */
-static inline float fexp(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t i = ((int32_t)n + 127) << 23;
-    float f;
-    __builtin_memcpy(&f, &i, 4);
-    return p * f;
-}
-static inline float fsigm(float z) { return 1.0f / (1.0f + fexp(-z)); }
-static inline float ftanh(float z) { float e = fexp(-2.0f * (z < 0 ? -z : z)); float t = (1.0f - e) / (1.0f + e); return z < 0 ? -t : t; }
-static inline double dsigm(double z) { return 1.0 / (1.0 + exp(-z)); }
-"""
-
-
-LANES = 16  # batch samples per vector block in the kernels (the C macro LN)
-
-
-def lanes_for(batch: int) -> int:
-    """Block width for a batch: vector blocks of LANES, or the scalar kernels for tiny batches."""
-    return LANES if batch >= 8 else 1
-
-
-def _source() -> str:
-    parts = [_PRELUDE]
-    for real, suf, sigm, tanh_, exp_ in (("float", "f32", "fsigm", "ftanh", "fexp"),
-                                        ("double", "f64", "dsigm", "tanh", "exp")):
-        for lanes in (LANES, 1):  # vector blocks for batches, a scalar variant for B ~ 1
-            name = suf if lanes == LANES else f"{suf}_l1"
-            parts.append(f"#define REAL {real}\n#define SIGM {sigm}\n#define TANH {tanh_}\n"
-                         f"#define EXP {exp_}\n#define LN {lanes}\n" + _SRC.replace("SUF", name)
-                         + "\n#undef REAL\n#undef SIGM\n#undef TANH\n#undef EXP\n#undef LN\n")
-    return "".join(parts)
+def _read_sources() -> dict[str, bytes]:
+    base = resources.files("policies").joinpath("csrc")
+    return {name: base.joinpath(name).read_bytes() for name in SOURCES}
 
 
 def _cpu_id() -> str:
@@ -523,54 +135,151 @@ def _cpu_id() -> str:
     return platform.machine() + platform.processor() + "".join(sorted(found.values()))
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where the compiled kernels and their build logs live."""
     base = os.environ.get("LIQUID_DRIVE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "liquid-drive")
     return Path(base) / "kernels"
 
 
-def _build() -> ctypes.CDLL | None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        res = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({exc})"
+    return (res.stdout + res.stderr).strip()
+
+
+def build_key(sources: dict[str, bytes], flags: tuple[str, ...], cc: str, cc_version: str) -> str:
+    """Hash of everything that determines the shared object (sources, flags, compiler, CPU)."""
+    h = hashlib.sha256()
+    for part in (f"abi{ABI_VERSION}", sys.platform, _cpu_id(), cc, cc_version, " ".join(flags)):
+        h.update(part.encode() + b"\0")
+    for name in sorted(sources):
+        h.update(name.encode() + b"\0" + sources[name] + b"\0")
+    return h.hexdigest()[:20]
+
+
+def _verify(lib: ctypes.CDLL, key: str) -> str | None:
+    """None if `lib` is the library built for `key` with our structure layout, else why not."""
+    try:
+        lib.lc_abi_version.restype = ctypes.c_int64
+        lib.lc_struct_size.restype = ctypes.c_int64
+        lib.lc_struct_size.argtypes = [ctypes.c_int64]
+        lib.lc_build_key.restype = ctypes.c_char_p
+        abi, got_key = int(lib.lc_abi_version()), lib.lc_build_key().decode()
+        sizes = {k: int(lib.lc_struct_size(i)) for k, i in _STRUCT_IDS.items()}
+    except AttributeError as exc:
+        return f"missing symbol ({exc})"
+    if abi != ABI_VERSION:
+        return f"ABI {abi}, expected {ABI_VERSION}"
+    if got_key != key:
+        return f"build key {got_key!r}, expected {key!r}"
+    for k, size in sizes.items():
+        if size != ctypes.sizeof(_STRUCTS[k]):
+            return f"sizeof {k} args is {size} in C but {ctypes.sizeof(_STRUCTS[k])} in Python"
+    return None
+
+
+def _compile(cc: str, flags: tuple[str, ...], key: str, sources: dict[str, bytes],
+             out: Path, log: list[str]) -> bool:
+    """Compile into `out` (atomically); append the commands and compiler output to `log`."""
+    with tempfile.TemporaryDirectory(prefix="liquid_cells_") as tmp:
+        for name, data in sources.items():
+            Path(tmp, name).write_bytes(data)  # scratch files of the compiler, not outputs
+        so_tmp = Path(tmp, "liquid_cells.so")
+        cmd = [cc, *flags, f'-DLC_BUILD_KEY="{key}"', "-I", tmp, "-o", str(so_tmp),
+               str(Path(tmp, "liquid_cells.c")), "-lm"]
+        log.append("$ " + " ".join(cmd))
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.append(f"failed to run: {exc}")
+            return False
+        log.append((res.stdout + res.stderr).rstrip() or "(no compiler output)")
+        log.append(f"exit status {res.returncode}")
+        if res.returncode != 0 or not so_tmp.is_file():
+            return False
+        atomic_write_bytes(out, so_tmp.read_bytes())
+    return True
+
+
+def _load_or_build() -> tuple[ctypes.CDLL | None, str]:
+    cc = _compiler()
     if cc is None:
-        return None
-    src = _source()
-    tag = hashlib.sha256((src + sys.platform + cc + _cpu_id()).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"liquid_cells_{tag}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            c_path = Path(tmp) / "liquid_cells.c"
-            c_path.write_text(src)
-            so_tmp = Path(tmp) / "liquid_cells.so"
-            base = [cc, "-O3", "-std=c99", "-fPIC", "-shared", "-o", str(so_tmp), str(c_path), "-lm"]
-            # -march=native vectorises the sigmoid loops; the cache key includes the CPU model
-            for cmd in (base[:2] + ["-march=native"] + base[2:], base):
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-                if res.returncode == 0:
-                    break
-            else:
-                return None
-            os.replace(so_tmp, out)  # atomic: concurrent builders never see half a file
-    return ctypes.CDLL(str(out))
+        return None, "no C compiler found (install gcc or clang, or set CC)"
+    sources = _read_sources()
+    version = _compiler_version(cc)
+    folder = cache_dir()
+    native = (*BASE_FLAGS, "-march=native")  # vectorises the sigmoid loops; the key has the CPU
+    attempts = [(native, build_key(sources, native, cc, version)),
+                (BASE_FLAGS, build_key(sources, BASE_FLAGS, cc, version))]
+    for _flags, key in attempts:  # a cached build, verified before use
+        so = folder / f"liquid_cells_{key}.so"
+        if so.is_file():
+            try:
+                lib = ctypes.CDLL(str(so))
+            except OSError:
+                lib = None
+            if lib is not None and _verify(lib, key) is None:
+                return lib, f"loaded {so}"
+    folder.mkdir(parents=True, exist_ok=True)
+    log: list[str] = [f"compiler: {cc}", version, ""]
+    log_path = folder / f"liquid_cells_{attempts[0][1]}.log"
+    problem = "the compiler failed"
+    for flags, key in attempts:
+        so = folder / f"liquid_cells_{key}.so"
+        log_path = folder / f"liquid_cells_{key}.log"
+        if _compile(cc, flags, key, sources, so, log):
+            try:
+                lib = ctypes.CDLL(str(so))
+            except OSError as exc:
+                log.append(f"cannot load {so}: {exc}")
+                problem = f"the built library does not load ({exc})"
+                continue
+            why = _verify(lib, key)
+            if why is None:
+                atomic_write_text(log_path, "\n".join(log) + "\n")
+                return lib, f"built {so}"
+            log.append(f"rejected {so}: {why}")
+            problem = f"the built library failed its check ({why})"
+    atomic_write_text(log_path, "\n".join(log) + "\n")
+    return None, f"{problem}; compiler output in {log_path}"
 
 
 def lib() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (pure-PyTorch fallback)."""
-    global _lib, _tried
+    """The compiled kernels, or None (pure-PyTorch fallback, announced once by a warning)."""
+    global _lib, _tried, _status
     if _tried:
         return _lib
     with _lock:
         if not _tried:
             if os.environ.get("LIQUID_DRIVE_NO_CKERNEL", "") not in ("", "0"):
-                _lib = None
+                _lib, _status = None, "disabled by LIQUID_DRIVE_NO_CKERNEL"
             else:
                 try:
-                    _lib = _build()
-                except (OSError, subprocess.SubprocessError):
-                    _lib = None
+                    _lib, _status = _load_or_build()
+                except OSError as exc:  # e.g. an unwritable cache folder
+                    _lib, _status = None, f"{exc} (cache folder {cache_dir()}; set LIQUID_DRIVE_CACHE)"
+                if _lib is None:
+                    warnings.warn_explicit(
+                        f"liquid-drive: the C kernels of the liquid cells are unavailable: {_status}. "
+                        "Using the PyTorch fallback, tens of times slower "
+                        "(LIQUID_DRIVE_NO_CKERNEL=1 selects it without this warning).",
+                        CKernelWarning, filename="liquid-drive", lineno=0)
             _tried = True
     return _lib
+
+
+def status() -> str:
+    """How the kernels were obtained (loaded / built / why unavailable), for benchmarks and logs."""
+    lib()
+    return _status
 
 
 def suffix(dtype: torch.dtype) -> str | None:
@@ -578,38 +287,28 @@ def suffix(dtype: torch.dtype) -> str | None:
     return {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
 
 
-def ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def lanes_for(batch: int) -> int:
+    """Block width for a batch: vector blocks of LANES, or the scalar kernels for tiny batches."""
+    return LANES if batch >= 8 else 1
+
+
+_funcs: dict[str, Any] = {}
 
 
 def func(name: str, dtype: torch.dtype, lanes: int = LANES):  # noqa: ANN201 - ctypes function
-    """ctypes function ``name_<suffix>`` (block width `lanes`: LANES or 1), or None."""
+    """ctypes function ``lc_<name>_<suffix>`` (block width `lanes`: LANES or 1), or None.
+
+    Call it with ``ctypes.byref(args)``, ``args`` from `make_args(name, ...)`.
+    """
     L = lib()
     suf = suffix(dtype)
     if L is None or suf is None:
         return None
-    key = f"{name}_{suf}" + ("" if lanes == LANES else "_l1")
-    cache = _funcs
-    if key not in cache:
+    key = f"lc_{name}_{suf}" + ("" if lanes == LANES else "_l1")
+    f = _funcs.get(key)
+    if f is None:
         f = getattr(L, key)
         f.restype = None
-        f.argtypes = _ARGTYPES[name]
-        cache[key] = f
-    return cache[key]
-
-
-_funcs: dict = {}
-_I, _P, _C, _D = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
-_ARGTYPES = {
-    "ltc_fwd": [_I] * 7 + [_P, _P, _D] + [_P] * 19 + [_C] + [_P] * 4 + [_I] + [_P] * 3,
-    "ltc_bwd": [_I] * 7 + [_P, _P, _D] + [_P] * 22,
-    "cfc_fwd": [_I] * 4 + [_C, _I] + [_P] * 5 + [_D, _I] + [_P] * 13 + [_C, _P],
-    "cfc_bwd": [_I] * 4 + [_C, _I] + [_P] * 6 + [_I] + [_P] * 18,
-    "ltc_fwd_packed": [_P, _P, _D],
-    "cfc_fwd_packed": [_P, _P, _D],
-}
-
-
-def packed(n_int: int, n_ptr: int) -> tuple[ctypes.Array, ctypes.Array]:
-    """Argument arrays for the ``*_packed`` entry points (filled once, patched per call)."""
-    return (ctypes.c_int64 * n_int)(), (ctypes.c_void_p * n_ptr)()
+        f.argtypes = [ctypes.POINTER(_STRUCTS[name])]
+        _funcs[key] = f
+    return f

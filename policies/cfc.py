@@ -27,6 +27,8 @@ units are outputs.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 from torch import nn
@@ -314,9 +316,6 @@ class CfC(nn.Module):
         z = torch.zeros(1, dtype=dtype)
         return z, z
 
-    def _c_args(self) -> list[int]:
-        return [self.l_off.data_ptr(), self.l_size.data_ptr()]
-
     def effective_parameter_count(self) -> int:
         """Trainable weights that can affect the output (masked-out entries excluded)."""
         if self.backbone is not None:
@@ -371,28 +370,30 @@ class CfC(nn.Module):
                         wo[self.o_row, self.o_col].contiguous(),
                         wn[self.n_row, self.n_col].contiguous(), A.detach(), wt.detach()]
             pure = self.mode == "pure"
-            ia, pa = _ck.packed(9, 21)
-            ia[:] = [1, B, N, self.heads, _MODE_ID[self.mode], len(self.layer_sizes),
-                     int(self.o_row.shape[0]), 0, self.input_size]
-            pa[19:21] = [keep[0].data_ptr(), keep[1].data_ptr()]
-            pa[0:2] = [self.l_off.data_ptr(), self.l_size.data_ptr()]
-            pa[5:13] = [self.o_row.data_ptr(), self.o_col.data_ptr(), keep[2].data_ptr(),
-                       self.n_lo.data_ptr(), self.n_hi.data_ptr(), self.n_row.data_ptr(),
-                       self.n_col.data_ptr(), keep[3].data_ptr()]
-            pa[13:17] = [keep[4].data_ptr() if pure else None, keep[5].data_ptr() if pure else None,
-                        None if self._identity_layout else self.state_in_index.data_ptr(),
-                        None if self._identity_layout else self.state_out_index.data_ptr()]
+            ident = self._identity_layout
+            # one argument structure per batch size, patched per call (x, h, output, dt);
+            # PX = NULL: the kernel computes the input heads x·Wx + bias itself
+            args = _ck.make_args(
+                "cfc_fwd", T=1, B=B, N=N, H=self.heads, mode=_MODE_ID[self.mode],
+                L=len(self.layer_sizes), off=self.l_off, size=self.l_size, PX=None, Wx=keep[0],
+                bias=keep[1], F=self.input_size, dt_s=1.0, no=int(self.o_row.shape[0]),
+                o_row=self.o_row, o_col=self.o_col, o_val=keep[2], n_lo=self.n_lo,
+                n_hi=self.n_hi, n_row=self.n_row, n_col=self.n_col, n_val=keep[3],
+                A=keep[4] if pure else None, wt=keep[5] if pure else None,
+                perm_in=None if ident else self.state_in_index,
+                perm_out=None if ident else self.state_out_index, save=0, check=0)
             y_lo = self.state_size - self.layer_sizes[-1] if (self.ncps_compat and self.wired) else 0
-            fn = _ck.func("cfc_fwd_packed", x.dtype, _ck.lanes_for(B))
-            cache = (key, keep, (ia, pa, fn), y_lo, B)
+            fn = _ck.func("cfc_fwd", x.dtype, _ck.lanes_for(B))
+            cache = (key, keep, (args, ctypes.byref(args), fn), y_lo, B)
             self._step_cache = cache
-        keep, (ia, pa, fn), y_lo = cache[1], cache[2], cache[3]
+        keep, (args, ref, fn), y_lo = cache[1], cache[2], cache[3]
         h = torch.zeros(B, N, dtype=x.dtype) if h is None else h.contiguous()
         x = x.contiguous()
         hout = torch.empty(B, N, dtype=x.dtype)
-        pa[18], pa[3], pa[17] = x.data_ptr(), h.data_ptr(), hout.data_ptr()
-        pa[4] = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
-        fn(ia, pa, dt)
+        args.x, args.h0, args.Hs = x.data_ptr(), h.data_ptr(), hout.data_ptr()
+        args.dts = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
+        args.dt_s = dt
+        fn(ref)
         return hout[:, y_lo:y_lo + self.output_size], hout
 
     def extra_repr(self) -> str:
@@ -426,13 +427,13 @@ class _CfCSeqC(torch.autograd.Function):
         Z = torch.empty(-(-B // L), T, HN, L, dtype=PX.dtype) if save else None
         o_val, n_val = o_val.contiguous(), n_val.contiguous()
         pure = mod.mode == "pure"
-        _ck.func("cfc_fwd", PX.dtype, L)(
-            T, B, N, mod.heads, _MODE_ID[mod.mode], len(mod.layer_sizes), mod.l_off.data_ptr(),
-            mod.l_size.data_ptr(), PX.data_ptr(), h0.data_ptr(), dt.data_ptr(), 1.0,
-            int(mod.o_row.shape[0]), mod.o_row.data_ptr(), mod.o_col.data_ptr(), o_val.data_ptr(),
-            mod.n_lo.data_ptr(), mod.n_hi.data_ptr(), mod.n_row.data_ptr(), mod.n_col.data_ptr(),
-            n_val.data_ptr(), A.data_ptr() if pure else None, wt.data_ptr() if pure else None,
-            None, None, Hs.data_ptr(), int(save), _ck.ptr(Z))
+        args = _ck.make_args(
+            "cfc_fwd", T=T, B=B, N=N, H=mod.heads, mode=_MODE_ID[mod.mode], L=len(mod.layer_sizes),
+            off=mod.l_off, size=mod.l_size, PX=PX, F=0, h0=h0, dts=dt, dt_s=1.0,
+            no=int(mod.o_row.shape[0]), o_row=mod.o_row, o_col=mod.o_col, o_val=o_val,
+            n_lo=mod.n_lo, n_hi=mod.n_hi, n_row=mod.n_row, n_col=mod.n_col, n_val=n_val,
+            A=A if pure else None, wt=wt if pure else None, Hs=Hs, save=int(save), Z=Z, check=0)
+        _ck.func("cfc_fwd", PX.dtype, L)(ctypes.byref(args))
         if save:
             ctx.save_for_backward(h0, dt, Hs, Z, o_val, n_val, A, wt)
             ctx.mod = mod
@@ -455,12 +456,12 @@ class _CfCSeqC(torch.autograd.Function):
         gA = torch.zeros(N, dtype=Z.dtype)
         gwt = torch.zeros(N, dtype=Z.dtype)
         pure = mod.mode == "pure"
-        _ck.func("cfc_bwd", Z.dtype, ctx.lanes)(
-            T, B, N, mod.heads, _MODE_ID[mod.mode], len(mod.layer_sizes), mod.l_off.data_ptr(),
-            mod.l_size.data_ptr(), h0.data_ptr(), dt.data_ptr(), Hs.data_ptr(), Z.data_ptr(),
-            int(mod.o_row.shape[0]), mod.o_row.data_ptr(), mod.o_col.data_ptr(), o_val.data_ptr(),
-            mod.n_lo.data_ptr(), mod.n_hi.data_ptr(), mod.n_row.data_ptr(), mod.n_col.data_ptr(),
-            n_val.data_ptr(), A.data_ptr() if pure else None, wt.data_ptr() if pure else None,
-            gHs.data_ptr(), gPX.data_ptr(), gh0.data_ptr(), gdt.data_ptr(), g_o.data_ptr(),
-            g_n.data_ptr(), gA.data_ptr(), gwt.data_ptr())
+        args = _ck.make_args(
+            "cfc_bwd", T=T, B=B, N=N, H=mod.heads, mode=_MODE_ID[mod.mode], L=len(mod.layer_sizes),
+            off=mod.l_off, size=mod.l_size, h0=h0, dts=dt, Hs=Hs, Z=Z,
+            no=int(mod.o_row.shape[0]), o_row=mod.o_row, o_col=mod.o_col, o_val=o_val,
+            n_lo=mod.n_lo, n_hi=mod.n_hi, n_row=mod.n_row, n_col=mod.n_col, n_val=n_val,
+            A=A if pure else None, wt=wt if pure else None, gHs=gHs, gPX=gPX, gh0=gh0, gdt=gdt,
+            g_oval=g_o, g_nval=g_n, gA=gA, gwt=gwt)
+        _ck.func("cfc_bwd", Z.dtype, ctx.lanes)(ctypes.byref(args))
         return (gPX, gh0, gdt, g_o, g_n, gA if pure else None, gwt if pure else None, None)

@@ -20,6 +20,8 @@ not record ~10⁴ small nodes. A plain autograd path (`fused=False`, also used b
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -158,13 +160,12 @@ class _LTCSeqC(torch.autograd.Function):
             DEN = torch.empty(nb, T * K, N, L, dtype=dtype)
         else:
             SS = Vs = S = DEN = None
-        _ck.func("ltc_fwd", dtype, L)(
-            B, T, F_, N, Es, E, K, x.data_ptr(), _ck.ptr(dt), 1.0, v0.data_ptr(),
-            iw.data_ptr(), ib.data_ptr(), ssrc.data_ptr(), sdst.data_ptr(), ssig.data_ptr(),
-            sbz.data_ptr(), swE.data_ptr(), swp.data_ptr(), a0.data_ptr(), d0.data_ptr(),
-            cmK.data_ptr(), src.data_ptr(), dst.data_ptr(), sig.data_ptr(), bz.data_ptr(),
-            wE.data_ptr(), wp.data_ptr(), out.data_ptr(), int(save),
-            _ck.ptr(SS), _ck.ptr(Vs), _ck.ptr(S), _ck.ptr(DEN), 0, None, None, None)
+        args = _ck.make_args(
+            "ltc_fwd", B=B, T=T, F=F_, N=N, Es=Es, E=E, K=K, x=x, dt=dt, dt_s=1.0, v0=v0,
+            iw=iw, ib=ib, ssrc=ssrc, sdst=sdst, ssig=ssig, sbz=sbz, swE=swE, swp=swp, a0=a0,
+            d0=d0, cmK=cmK, src=src, dst=dst, sig=sig, bz=bz, wE=wE, wp=wp, out=out,
+            save=int(save), SS=SS, Vs=Vs, S=S, DEN=DEN, M=0, check=0)
+        _ck.func("ltc_fwd", dtype, L)(ctypes.byref(args))
         if save:
             ctx.save_for_backward(x, dt, iw, ib, ssig, swE, swp, cmK, sig, wE, wp,
                                   ssrc, sdst, src, dst, SS, Vs, S, DEN)
@@ -186,13 +187,12 @@ class _LTCSeqC(torch.autograd.Function):
         gdt = torch.empty(B, T, dtype=x.dtype)
         gv0 = torch.empty(B, N, dtype=x.dtype)
         gP = torch.zeros(2 * F_ + 4 * Es + 3 * N + 4 * E, dtype=x.dtype)
-        _ck.func("ltc_bwd", x.dtype, ctx.lanes)(
-            B, T, F_, N, Es, E, K, x.data_ptr(), _ck.ptr(dt) if ctx.has_dt else None, 1.0,
-            iw.data_ptr(), ib.data_ptr(), ssrc.data_ptr(), sdst.data_ptr(), ssig.data_ptr(),
-            swE.data_ptr(), swp.data_ptr(), cmK.data_ptr(), src.data_ptr(), dst.data_ptr(),
-            sig.data_ptr(), wE.data_ptr(), wp.data_ptr(), SS.data_ptr(), Vs.data_ptr(),
-            S.data_ptr(), DEN.data_ptr(), gV.data_ptr(), gx.data_ptr(), gdt.data_ptr(),
-            gv0.data_ptr(), gP.data_ptr())
+        args = _ck.make_args(
+            "ltc_bwd", B=B, T=T, F=F_, N=N, Es=Es, E=E, K=K, x=x, dt=dt if ctx.has_dt else None,
+            dt_s=1.0, iw=iw, ib=ib, ssrc=ssrc, sdst=sdst, ssig=ssig, swE=swE, swp=swp, cmK=cmK,
+            src=src, dst=dst, sig=sig, wE=wE, wp=wp, SS=SS, Vs=Vs, S=S, DEN=DEN, gV=gV, gx=gx,
+            gdt=gdt, gv0=gv0, gP=gP)
+        _ck.func("ltc_bwd", x.dtype, ctx.lanes)(ctypes.byref(args))
         g = torch.split(gP, [F_, F_, Es, Es, Es, Es, N, N, N, E, E, E, E])
         return (gx, gdt if ctx.has_dt else None, gv0, *g, None, None, None, None, None)
 
@@ -451,27 +451,26 @@ class LTC(nn.Module):
                 ow = self.output_w if self.output_w is not None else torch.ones(M, dtype=dtp)
                 ob = self.output_b if self.output_b is not None else torch.zeros(M, dtype=dtp)
                 ow, ob = ow.detach().contiguous(), ob.detach().contiguous()
-            ia, pa = _ck.packed(9, 24)
-            ia[:] = [B, 1, self.input_size, self.state_size, int(self.sensory_src.shape[0]),
-                    int(self.src.shape[0]), self.ode_unfolds, 0, self.output_size]
-            dp = [t.data_ptr() for t in d]  # iw ib | ssig sbz swE swp a0 d0 cmK | sig bz wE wp
-            pa[3:5] = dp[:2]
-            pa[5:7] = [self.sensory_src.data_ptr(), self.sensory_dst.data_ptr()]
-            pa[7:14] = dp[2:9]
-            pa[14:16] = [self.src.data_ptr(), self.dst.data_ptr()]
-            pa[16:20] = dp[9:]
-            pa[21:23] = [ow.data_ptr(), ob.data_ptr()]
-            fn = _ck.func("ltc_fwd_packed", x.dtype, _ck.lanes_for(B))
-            cache = (key, (d, ow, ob), (ia, pa, fn), B)
+            # one argument structure per batch size, patched per call (x, h, outputs, dt)
+            args = _ck.make_args(
+                "ltc_fwd", B=B, T=1, F=self.input_size, N=self.state_size,
+                Es=int(self.sensory_src.shape[0]), E=int(self.src.shape[0]), K=self.ode_unfolds,
+                iw=d[0], ib=d[1], ssrc=self.sensory_src, sdst=self.sensory_dst, ssig=d[2],
+                sbz=d[3], swE=d[4], swp=d[5], a0=d[6], d0=d[7], cmK=d[8], src=self.src,
+                dst=self.dst, sig=d[9], bz=d[10], wE=d[11], wp=d[12], save=0,
+                M=self.output_size, ow=ow, ob=ob, check=0)
+            fn = _ck.func("ltc_fwd", x.dtype, _ck.lanes_for(B))
+            cache = (key, (d, ow, ob), (args, ctypes.byref(args), fn), B)
             self._step_cache = cache
-        ia, pa, fn = cache[2]
+        args, ref, fn = cache[2]
         x = x.contiguous()
         h = torch.zeros(B, self.state_size, dtype=x.dtype) if h is None else h.contiguous()
         hout = torch.empty(B, self.state_size, dtype=x.dtype)
         y = torch.empty(B, self.output_size, dtype=x.dtype)
-        pa[0], pa[2], pa[20], pa[23] = x.data_ptr(), h.data_ptr(), hout.data_ptr(), y.data_ptr()
-        pa[1] = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
-        fn(ia, pa, dt)
+        args.x, args.v0, args.out, args.y = x.data_ptr(), h.data_ptr(), hout.data_ptr(), y.data_ptr()
+        args.dt = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
+        args.dt_s = dt
+        fn(ref)
         return y, hout
 
     def extra_repr(self) -> str:
