@@ -382,3 +382,95 @@ def test_backbone_dropout_applies_with_one_layer() -> None:
     assert not torch.allclose(m(x)[0], m(x)[0])
     m.eval()
     assert torch.allclose(m(x)[0], m(x)[0])
+
+
+# ------------------------------------------------------- 16-lane kernels (training batches)
+def _spy_lanes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record which C kernels run with which block width."""
+    calls: list[tuple[str, int]] = []
+    real = _ckernel.func
+
+    def spy(name, dtype, lanes=_ckernel.LANES):
+        calls.append((name, lanes))
+        return real(name, dtype, lanes)
+
+    monkeypatch.setattr(_ckernel, "func", spy)
+    return calls
+
+
+def _grads_fast_vs_reference(m, x, h, ts, loss):
+    def run(fused: bool):
+        m.fused = fused
+        m.zero_grad()
+        xx, hh, tt = (t.clone().requires_grad_() for t in (x, h, ts))
+        ys, hl = m(xx, hh, tt, return_states=True)
+        y, _ = m(xx, hh, tt)  # the motor outputs (output map) too
+        loss(ys, hl, y).backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        return ys.detach(), grads, (xx.grad, hh.grad, tt.grad)
+
+    return run(True), run(False)
+
+
+B_LANES = 19  # one full 16-lane block and a padded partial block of 3
+
+
+def test_ltc_16_lane_kernels_equal_reference_output_and_every_gradient(monkeypatch) -> None:
+    if _ckernel.lib() is None:
+        pytest.skip("no C compiler: the pure-torch path is tested instead")
+    calls = _spy_lanes(monkeypatch)
+    w = tiny()
+    m = LTC(w, ode_unfolds=3, seed=0).double()
+    with torch.no_grad():  # input/output maps away from identity so their gradients matter
+        m.input_w.normal_()
+        m.input_b.normal_()
+    x, h, ts = data(w, B=B_LANES, T=5, seed=3)
+    weights = torch.randn(B_LANES, 5, w.units, generator=torch.Generator().manual_seed(4), dtype=D64)
+    fast, ref = _grads_fast_vs_reference(
+        m, x, h, ts, lambda ys, hl, y: (ys * weights).sum() + (hl ** 2).sum() + (y ** 3).sum())
+    assert ("ltc_fwd", _ckernel.LANES) in calls and ("ltc_bwd", _ckernel.LANES) in calls
+    assert torch.allclose(fast[0], ref[0], atol=1e-12)
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert set(fast[1]) == set(ref[1]) == names  # every parameter gets a gradient
+    for n in names:
+        assert torch.allclose(fast[1][n], ref[1][n], atol=1e-10, rtol=1e-9), n
+        assert float(ref[1][n].abs().max()) > 0, n
+    for a, b in zip(fast[2], ref[2]):
+        assert torch.allclose(a, b, atol=1e-10)
+    # the 16-lane step kernel (closed loop with many episodes) equals the sequence
+    with torch.no_grad():
+        v = h
+        for t in range(5):
+            y, v = m.step(x[:, t], v, ts[:, t])
+            assert torch.allclose(v, fast[0][:, t], atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
+def test_cfc_16_lane_kernels_equal_reference_output_and_every_gradient(mode, monkeypatch) -> None:
+    if _ckernel.lib() is None:
+        pytest.skip("no C compiler")
+    calls = _spy_lanes(monkeypatch)
+    w = tiny()
+    m = CfC(w, mode=mode, seed=0).double()
+    if mode == "pure":
+        with torch.no_grad():
+            m.w_tau.normal_()
+            m.A.normal_()
+    x, h, ts = data(w, B=B_LANES, T=5, seed=5)
+    weights = torch.randn(B_LANES, 5, w.units, generator=torch.Generator().manual_seed(6), dtype=D64)
+    fast, ref = _grads_fast_vs_reference(
+        m, x, h, ts, lambda ys, hl, y: (ys * weights).sum() + (hl ** 2).sum() + (y ** 3).sum())
+    assert ("cfc_fwd", _ckernel.LANES) in calls and ("cfc_bwd", _ckernel.LANES) in calls
+    assert torch.allclose(fast[0], ref[0], atol=1e-12)
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert set(fast[1]) == set(ref[1]) == names
+    for n in names:
+        assert torch.allclose(fast[1][n], ref[1][n], atol=1e-10, rtol=1e-9), n
+        assert float(ref[1][n].abs().max()) > 0, n
+    for a, b in zip(fast[2], ref[2]):
+        assert torch.allclose(a, b, atol=1e-10)
+    with torch.no_grad():
+        v = h
+        for t in range(5):
+            y, v = m.step(x[:, t], v, ts[:, t])
+            assert torch.allclose(v, fast[0][:, t], atol=1e-12)

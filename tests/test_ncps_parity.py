@@ -140,3 +140,107 @@ def test_wired_cfc_default_differs_from_ncps_by_design() -> None:
     assert ours.ncps_compat
     ours_default = CfC(ours.wiring)
     assert int(ours_default.mask_old.sum()) < int(ours.mask_old.sum())  # sparse vs dense blocks
+
+
+# ------------------------------------------------------------- parameter gradients
+def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Float32 agreement relative to the gradient's scale (ncps and ours sum differently)."""
+    assert a.shape == b.shape, what
+    scale = 1.0 + float(b.abs().max())
+    assert float((a - b).abs().max()) <= 2e-5 * scale, (what, float((a - b).abs().max()), scale)
+
+
+def backprop(model, x, h, seed: int):
+    y, hl = model(x, h)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+    ((y * g).sum() + (hl ** 2).sum()).backward()
+
+
+@pytest.mark.parametrize("batch", [3, 9])  # 9: our 16-lane training kernels
+@pytest.mark.parametrize("name", ["paper-ncp", "autoncp-10-3", "full-7-2", "int-6"])
+def test_ltc_parameter_gradients_match_ncps(name: str, batch: int) -> None:
+    torch.manual_seed(5)
+    F = 32 if name == "paper-ncp" else 7
+    theirs = nt.LTC(F, WIRINGS[name]())
+    with torch.no_grad():
+        for p in theirs.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    ours = from_ncps(theirs)
+    x, h = inputs(F, theirs.state_size, B=batch)
+    backprop(theirs, x, h, 1)
+    backprop(ours, x, h, 1)
+    p = theirs.rnn_cell._params
+    checked = set()
+    for n in ("gleak", "vleak", "cm", "input_w", "input_b", "output_w", "output_b"):
+        if getattr(ours, n) is not None:
+            close(getattr(ours, n).grad, p[n].grad, n)
+            checked.add(n)
+    for n in ("w", "mu", "sigma", "erev"):
+        close(getattr(ours, n).grad, p[n].grad[ours.src, ours.dst], n)
+        s = "sensory_" + n
+        close(getattr(ours, s).grad, p[s].grad[ours.sensory_src, ours.sensory_dst], s)
+        checked |= {n, s}
+    assert checked == {n for n, q in ours.named_parameters() if q.requires_grad}
+
+
+def cfc_grad_pairs(ours: CfC, theirs_cell, input_size: int):
+    """(our gradient block, ncps's gradient block, name) for every parameter, as from_ncps maps them."""
+    heads = ("ff1",) if ours.mode == "pure" else ("ff1", "ff2", "time_a", "time_b")
+    pairs = []
+    if ours.wired:
+        for k, layer in enumerate(theirs_cell._layers):
+            o, n = ours.layer_offsets[k], ours.layer_sizes[k]
+            n_in = input_size if k == 0 else ours.layer_sizes[k - 1]
+            for q, head in enumerate(heads):
+                cols = ours._col(k, q)
+                W = getattr(layer, head).weight.grad
+                if k == 0:
+                    pairs.append((ours.weight_x.grad[:, cols], W[:, :n_in].t(), f"x{k}{head}"))
+                else:
+                    po = ours.layer_offsets[k - 1]
+                    pairs.append((ours.weight_new.grad[po:po + n_in, cols], W[:, :n_in].t(),
+                                  f"new{k}{head}"))
+                pairs.append((ours.weight_old.grad[o:o + n, cols], W[:, n_in:].t(), f"old{k}{head}"))
+                pairs.append((ours.bias.grad[cols], getattr(layer, head).bias.grad, f"b{k}{head}"))
+            if ours.mode == "pure":
+                pairs.append((ours.w_tau.grad[o:o + n], layer.w_tau.grad.reshape(-1), f"wtau{k}"))
+                pairs.append((ours.A.grad[o:o + n], layer.A.grad.reshape(-1), f"A{k}"))
+        return pairs
+    mine = [m for m in ours.backbone if isinstance(m, torch.nn.Linear)]
+    their = [m for m in theirs_cell.backbone if isinstance(m, torch.nn.Linear)]
+    for i, (a, b) in enumerate(zip(mine, their)):
+        pairs += [(a.weight.grad, b.weight.grad, f"bb{i}w"), (a.bias.grad, b.bias.grad, f"bb{i}b")]
+    pairs.append((ours.head.weight.grad,
+                  torch.cat([getattr(theirs_cell, h).weight.grad for h in heads]), "head.w"))
+    pairs.append((ours.head.bias.grad,
+                  torch.cat([getattr(theirs_cell, h).bias.grad for h in heads]), "head.b"))
+    if ours.mode == "pure":
+        pairs += [(ours.w_tau.grad, theirs_cell.w_tau.grad.reshape(-1), "w_tau"),
+                  (ours.A.grad, theirs_cell.A.grad.reshape(-1), "A")]
+    return pairs
+
+
+@pytest.mark.parametrize("batch", [3, 9])
+@pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
+@pytest.mark.parametrize("name", ["paper-ncp", "autoncp-10-3", "plain-10"])
+def test_cfc_parameter_gradients_match_ncps(name: str, mode: str, batch: int) -> None:
+    torch.manual_seed(6)
+    F = 32 if name == "paper-ncp" else 7
+    wiring = 10 if name == "plain-10" else WIRINGS[name]()
+    kw = {"backbone_units": 12} if name == "plain-10" else {}
+    theirs = nt.CfC(F, wiring, mode=mode, **kw)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    ours = from_ncps(theirs)
+    x, h = inputs(F, theirs.state_size, B=batch)
+    backprop(theirs, x, h, 2)
+    backprop(ours, x, h, 2)
+    pairs = cfc_grad_pairs(ours, theirs.rnn_cell, F)
+    for a, b, what in pairs:
+        close(a, b, what)
+    # every ncps parameter was compared: as many trainable numbers on both sides
+    n_theirs = sum(q.numel() for q in theirs.parameters() if q.requires_grad)
+    assert sum(b.numel() for _, b, _ in pairs) == n_theirs
