@@ -530,8 +530,8 @@ def evaluate(spec: EvalSpec, out_dir: str | os.PathLike, workers: int = 1, progr
     out = Path(out_dir)
     policy, config = load_policy(spec)
     env = make_env(spec)
-    cfg = getattr(env, "config", None)
-    if (spec.env_factory is None and isinstance(cfg, dict) and cfg.get("split") is not None
+    cfg = env.config
+    if (spec.env_factory is None and cfg.get("split") is not None
             and "split" not in spec.env_kwargs):
         # Score on held-out roads unless the user asks otherwise (--env-config '{"split": ...}').
         _close(env)

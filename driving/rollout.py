@@ -34,6 +34,7 @@ import numpy as np
 from driving import corruptions as C
 from driving.conditions import CLEAN, Condition
 from driving.interventions import STRICT, InterventionRule
+from envs.contract import as_driving_env
 
 #: ``info`` keys (after a step) holding the steering the env really applied (env-side DART
 #: noise, CARLA's applied control), preferred over the commanded action when present.
@@ -113,17 +114,6 @@ def jittered_timing(jitter: float) -> TimingFn:
     return lambda rng, nominal: C.FrameTiming(nominal * float(rng.uniform(1 - jitter, 1 + jitter)), True)
 
 
-def _nominal_dt(env: Any) -> float:
-    dt = getattr(env, "nominal_dt", None)
-    if dt is None:  # a gymnasium env outside our contract: its control frequency
-        cfg = getattr(env, "config", None) or {}
-        dt = 1.0 / float(cfg.get("policy_frequency", 10.0))
-    dt = float(dt)
-    if not (math.isfinite(dt) and dt > 0):
-        raise ValueError(f"the env's nominal control interval must be > 0 s, got {dt}")
-    return dt
-
-
 @dataclass
 class Episode:
     """One closed-loop episode as a state machine: `request()` then `advance(action)`.
@@ -153,9 +143,10 @@ class Episode:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"an episode needs >= 1 control step, got {self.steps}")
+        self.env = as_driving_env(self.env)
         self.rng = self.rng if self.rng is not None else np.random.default_rng(self.seed)
         self.timing = self.timing or condition_timing(self.condition)
-        self.nominal = _nominal_dt(self.env)
+        self.nominal = float(self.env.nominal_dt)
         self._corrupt = self.condition.is_image and self.condition.severity > 0
         self.obs, self.info = self.env.reset(seed=self.seed)
         self.gap = self.nominal  # elapsed since the previous delivered frame (first: one interval)
