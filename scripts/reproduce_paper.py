@@ -515,25 +515,25 @@ def run_all(p: Plan) -> Runner:
 
 
 def parameter_counts(policies: Sequence[str]) -> list[dict[str, Any]]:
-    """Trainable parameters of each architecture as built for the 78×200 camera."""
-    from driving.train import policy_description
+    """Trainable parameters of each architecture as built for the 78×200 camera (storage
+    counts, as v1 printed them, plus the effective ones of `policies.controls`)."""
+    from policies.controls import parameter_table
     from policies.factory import build_policy
 
     rows = []
     for name in policies:
-        pol = build_policy(name)
-        d = policy_description(pol)
-        core = getattr(pol, "core", None)
-        w = getattr(core, "wiring", None)
+        t = parameter_table(build_policy(name))
         rows.append({
             "policy": name,
-            "total": d["parameters"],
-            "cnn": d["cnn_parameters"],
-            "core_and_readout": d["parameters"] - d["cnn_parameters"],
-            "core": int(sum(q.numel() for q in core.parameters())) if core is not None else 0,
-            "neurons": d.get("units", d.get("state_size", 0)),
-            "synapses": None if w is None else int(w.synapse_count),
-            "sensory_synapses": None if w is None else int(w.sensory_synapse_count),
+            "total": t["storage"],
+            "cnn": t["cnn"],
+            "core_and_readout": t["storage"] - t["cnn"],
+            "core": t["core_storage"],
+            "effective": t["effective"],
+            "core_effective": t["core_effective"],
+            "neurons": t["neurons"] if t["synapses"] is not None or t["core_storage"] else 0,
+            "synapses": t["synapses"],
+            "sensory_synapses": t["sensory_synapses"],
         })
     return rows
 

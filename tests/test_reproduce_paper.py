@@ -158,3 +158,60 @@ def test_image_blind_run_and_best_val_mse(tmp_path):
     (tmp_path / "metrics.csv").write_text("round,epoch,val_mse\n0,1,0.04\n0,2,0.012\n0,3,0.02\n")
     assert rp.best_val_mse(tmp_path) == pytest.approx(0.012)
     assert rp.best_val_mse(tmp_path / "missing") is None
+
+
+# ----------------------------------------------------------------------------- protocol v2
+
+
+def test_v2_policies_come_from_the_factory():
+    from policies.factory import POLICY_NAMES
+
+    assert rp.ALL_POLICIES == tuple(POLICY_NAMES)
+    assert {"ltc-random", "cfc-full", "cnn-ema", "ncp-ltc-timeblind"} <= set(rp.ALL_POLICIES)
+    from driving.sweep.protocol import protocol
+
+    p = protocol("v2")
+    assert p.policies == tuple(POLICY_NAMES) and len(p.seeds) >= 5
+    assert p.roads >= 10 and p.eval_steps >= 450 and p.intervention == "strict"
+    conds = set(p.conditions)
+    assert {"none", "noise:3", "noise:4", "noise:5", "fog:3", "rain:3", "snow:3", "night:3",
+            "motion_blur:3", "glare:3", "dropped_frames:2", "dropped_frames:4", "jitter:2",
+            "jitter:4"} == conds
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--policies", "ncp-ltc,transformer"], "transformer"),
+    (["--part", "3/2"], "K/N"),
+    (["--conditions", "none,smoke:2"], "smoke:2"),
+    (["--conditions", "noise:3"], "'none'"),
+])
+def test_v2_bad_input_exits_2(tmp_path, capsys, argv, words):
+    code = rp.main(["--protocol", "smoke", "--out", str(tmp_path / "o"), "--artefacts",
+                    str(tmp_path / "a"), *argv])
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_v2_report_only_keeps_the_v1_history(tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text("# Results: v1\n\nintro\n\n## What ran\n\nthe v1 history\n")
+    argv = ["--protocol", "smoke", "--out", str(tmp_path / "o"), "--artefacts", str(tmp_path / "a"),
+            "--results-md", str(results), "--report-only"]
+    assert rp.main(argv) == 0
+    assert rp.main(argv) == 0  # twice: one block, refreshed in place
+    text = results.read_text()
+    assert text.count("protocol-v2:begin") == 1 and "the v1 history" in text
+    assert text.index("protocol-v2:begin") < text.index("## What ran")
+    page = (tmp_path / "a" / "results.md").read_text()
+    assert "No paired comparison has finished cells yet." in page
+    assert "realised variance" in page and "(storage)" in page
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    noise = {r["severity"]: r for r in summary["noise"]}
+    # clipping to [0, 1] makes the realised variance smaller than the nominal σ²
+    for sev, nominal in ((3, 0.1), (4, 0.2), (5, 0.3)):
+        assert noise[sev]["nominal_variance"] == pytest.approx(nominal)
+        assert 0.3 * nominal < noise[sev]["realised_variance"] < nominal
+    params = {r["policy"]: r for r in summary["parameters"]}
+    assert params["ncp-ltc"]["core_effective"] == params["ncp-ltc"]["core_storage"] == 1131
+    assert params["cnn-ema"]["storage"] == params["cnn-ema"]["effective"] == 88291

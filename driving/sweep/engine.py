@@ -104,8 +104,8 @@ def run_sweep(p: Protocol, out: str | Path, data: str | Path | None = None,
     """Submit what is missing of protocol ``p`` (its share ``part``) and collect it under OUT."""
     p.validate()
     lay = Layout.of(out, data)
-    check_or_store_fingerprint(p, lay)
     selected = select_part(runs(p), part)
+    check_or_store_fingerprint(p, lay)
     need = trainings_needed(p, selected)
     res = SweepResult()
     ray = init_ray(ray_address, num_cpus)
