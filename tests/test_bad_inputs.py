@@ -477,3 +477,31 @@ def test_writing_names_the_file_not_the_temp(tmp_path):
     with pytest.raises(OSError, match="Input/output"):  # other errors are real faults
         with outputs.writing(tmp_path):
             raise OSError(errno.EIO, "Input/output error")
+
+
+def test_video_cut_short_by_a_full_disk_never_replaces_the_old_one(tmp_path, monkeypatch):
+    from driving.explain import video
+
+    good = tmp_path / "good.mp4"
+    w = video.FrameWriter(str(good), 10.0)
+    for i in range(4):
+        w.append(np.full((64, 96, 3), 40 * i, np.uint8))
+    w.close()
+    assert video._mp4_complete(str(good))
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    for n in (len(data) - 1, len(data) // 2, 7):
+        cut.write_bytes(data[:n])
+        assert not video._mp4_complete(str(cut)), n
+    # ffmpeg hit a full disk (imageio-ffmpeg does not say so): the old video stays, no temp left
+    old = tmp_path / "old.mp4"
+    old.write_bytes(data)
+    monkeypatch.setattr(video, "_mp4_complete", lambda p: False)
+    monkeypatch.setattr(video, "_no_space_left", lambda d: True)
+    w = video.FrameWriter(str(old), 10.0)
+    w.append(np.zeros((64, 96, 3), np.uint8))
+    with pytest.raises(OSError) as exc:
+        w.close()
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(old)
+    assert old.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "good.mp4", "old.mp4"]

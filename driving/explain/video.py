@@ -12,6 +12,7 @@ above 10 frames/s on one core (scripts/bench_explain.py measures it).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -492,6 +493,14 @@ class FrameWriter:
     def close(self, keep: bool = True) -> None:
         self._w.close()
         if keep and self.count:
+            if self.tmp.endswith(".mp4") and not _mp4_complete(self.tmp):
+                # imageio-ffmpeg ignores ffmpeg's exit code: a full disk left a file without
+                # its index (no moov box). Never rename that over the old video.
+                os.remove(self.tmp)
+                full = _no_space_left(os.path.dirname(os.path.abspath(self.path)))
+                raise OSError(errno.ENOSPC if full else errno.EIO,
+                              "No space left on device" if full else "ffmpeg could not finish the video",
+                              self.path)
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)
@@ -501,6 +510,39 @@ class FrameWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(keep=exc_type is None)
+
+
+def _mp4_complete(path: str) -> bool:
+    """True when the file's top-level MP4 boxes tile it exactly and include `moov` (the index
+    ffmpeg writes last); a video cut short by a full disk fails this."""
+    import struct
+
+    size = os.path.getsize(path)
+    pos, seen = 0, set()
+    with open(path, "rb") as f:
+        while pos < size:
+            f.seek(pos)
+            head = f.read(16)
+            if len(head) < 8:
+                return False
+            n, kind = struct.unpack(">I4s", head[:8])
+            if n == 1 and len(head) == 16:
+                n = struct.unpack(">Q", head[8:16])[0]
+            elif n == 0:
+                n = size - pos
+            if n < 8:
+                return False
+            seen.add(kind)
+            pos += n
+    return pos == size and b"moov" in seen
+
+
+def _no_space_left(folder: str) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def write_png(path: str, frame: np.ndarray) -> None:
