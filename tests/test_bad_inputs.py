@@ -505,3 +505,19 @@ def test_video_cut_short_by_a_full_disk_never_replaces_the_old_one(tmp_path, mon
     assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(old)
     assert old.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "good.mp4", "old.mp4"]
+
+
+def test_real_entry_point_eval_onto_a_file(fx, tmp_path):
+    """The installed entry point (a subprocess): exit 2, one stderr line, before any episode."""
+    import subprocess
+    import sys
+
+    note = tmp_path / "note.txt"
+    note.write_text("keep me\n")
+    argv = [sys.executable, "-m", "driving", "eval", "--checkpoint", str(fx["ckpt"]), "--env",
+            "liquid_drive/Racetrack-v0", "--episodes", "50", "--out", str(note)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("driving eval: error:") and "is a file" in lines[0]
+    assert note.read_text() == "keep me\n"
