@@ -20,18 +20,26 @@ between two renames is detected on load instead of silently mixing two epochs.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickletools
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from policies.atomicio import (
+    PICKLE_SUFFIXES,
+    atomic_write_bytes,
+    fsync_dir,
+    looks_pickled,
+    temp_path,
+)
 from policies.factory import POLICY_NAMES, rebuild
 from policies.policy import Policy
 
@@ -42,7 +50,6 @@ CONFIG_FILE = "config.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 EXTRA_FILE = "extra.safetensors"
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 # Keys of config.json that save_checkpoint owns (derived from the policy).
 RESERVED_KEYS = ("policy", "image_hw", "policy_spec", "parameters", "parameter_breakdown",
                  "core", "tensors", "files", "package_version", "format", "format_version")
@@ -84,27 +91,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _tmp_path(run_dir: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _stage(run_dir: Path, name: str, data: bytes) -> Path:
+    """Write `data` to a fresh temp name beside `name` (fsynced, mode 0644 under the usual
+    umask, removed again on any error) and return it; the caller renames it into place."""
+    return atomic_write_bytes(temp_path(run_dir / name), data)
 
 
 def _write_tensors(run_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:
-    tmp = _tmp_path(run_dir, name)
     # clone: safetensors refuses tensors that share storage, and wants contiguous CPU data
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
-              str(tmp), metadata={"format": FORMAT})
-    _fsync(tmp)
-    return tmp
+    data = save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+                metadata={"format": FORMAT})
+    return _stage(run_dir, name, data)
 
 
 def _dumps(obj: Any, level: int = 0) -> str:
@@ -122,13 +119,7 @@ def _dumps(obj: Any, level: int = 0) -> str:
 
 
 def _write_json(run_dir: Path, name: str, obj: Any) -> Path:
-    tmp = _tmp_path(run_dir, name)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(_dumps(obj))
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
+    return _stage(run_dir, name, (_dumps(obj) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------- nested state
@@ -241,8 +232,9 @@ def save_checkpoint(
     run.mkdir(parents=True, exist_ok=True)
 
     for name in (MODEL_FILE, CONFIG_FILE, OPTIMIZER_TENSORS, OPTIMIZER_JSON, EXTRA_FILE):
-        for stale in run.glob(f".{name}.*.tmp"):  # left by a save that was killed
-            stale.unlink(missing_ok=True)
+        for pattern in (f".{name}.*.tmp", f"..{name}.*.tmp"):  # left by a killed save
+            for stale in run.glob(pattern):
+                stale.unlink(missing_ok=True)
     state = policy.state_dict()
     staged: dict[str, Path] = {}
     try:
@@ -283,21 +275,8 @@ def save_checkpoint(
     for name in (OPTIMIZER_TENSORS, OPTIMIZER_JSON, EXTRA_FILE):
         if name not in staged:  # stale files of an earlier save would no longer match
             (run / name).unlink(missing_ok=True)
-    _fsync_dir(run)
+    fsync_dir(run)
     return run
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _jsonable(x: Any) -> Any:
@@ -305,15 +284,28 @@ def _jsonable(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- load
-def _looks_pickled(path: Path) -> bool:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return True
+def _parses_as_pickle(path: Path, limit: int = 1 << 16) -> bool:
+    """True when the file's first bytes are a stream of pickle opcodes (any protocol, 0 and 1
+    included, which have no magic number). Only parses opcodes (`pickletools.genops`): nothing
+    is unpickled, no code runs."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(limit)
     except OSError:
         return False
-    return head[:1] == b"\x80" or head == b"PK\x03\x04"  # pickle protocol ≥ 2, torch zip
+    ops = 0
+    try:
+        for op, _, _ in pickletools.genops(io.BytesIO(head)):
+            ops += 1
+            if op.name == "STOP" or ops >= 8:
+                return True
+    except ValueError:  # not an opcode, or the stream ends mid-way (a long pickle cut at limit)
+        return ops >= 8 or (ops >= 2 and len(head) == limit)
+    return False
+
+
+def _pickled(path: Path) -> bool:
+    return looks_pickled(path) or _parses_as_pickle(path)
 
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
@@ -343,10 +335,10 @@ def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
     if not path.exists():
         raise ValueError(f"checkpoint directory {path} does not exist")
     if path.is_file():
-        if _looks_pickled(path):
-            raise ValueError(f"{path}: {_CONVERT_HINT}")
-        if path.name in (MODEL_FILE, CONFIG_FILE):
+        if path.name in (MODEL_FILE, CONFIG_FILE):  # (a pickle under this name: _load_tensors)
             path = path.parent
+        elif _pickled(path):
+            raise ValueError(f"{path} holds pickled data: {_CONVERT_HINT}")
         else:
             raise ValueError(f"{path} is a file, not a checkpoint directory (RUN/ with "
                              f"{MODEL_FILE} and {CONFIG_FILE})")
@@ -391,16 +383,25 @@ def _check_file(path: Path, name: str, config: dict[str, Any]) -> None:
     if not (path / name).is_file():
         raise ValueError(f"{path} is missing {name} that its config lists")
     if _sha256(path / name) != expected:
+        if _pickled(path / name):
+            raise ValueError(f"{path / name} holds pickled data, not safetensors: {_CONVERT_HINT}")
         raise ValueError(f"{path / name} does not match {CONFIG_FILE} (SHA-256 differs): the "
                          "checkpoint is torn (a save was interrupted) or was edited")
 
 
 def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
-    if _looks_pickled(file):
+    """The tensors of a safetensors file; a pickle is named as such, never loaded.
+
+    Parsing a safetensors header is safe whatever the bytes are, so the file is parsed first
+    and only a failure is examined (a valid safetensors file can start with the byte 0x80 of
+    a pickle's magic number: its header length is little-endian)."""
+    if file.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(f"{file} holds pickled data, not safetensors: {_CONVERT_HINT}")
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
+        if _pickled(file):
+            raise ValueError(f"{file} holds pickled data, not safetensors: {_CONVERT_HINT}") from None
         raise ValueError(f"{file} is not a valid safetensors file: {exc}") from None
 
 

@@ -15,8 +15,8 @@ extra package (the dynamo exporter needs ``onnxscript``); the cells provide
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from policies.atomicio import atomic_write_bytes
 from policies.policy import Policy
 
 
@@ -77,7 +78,7 @@ def example_inputs(policy: Policy, batch: int = 1, seed: int = 0) -> tuple[torch
 
 
 def export_onnx(policy: Policy, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Write `policy`'s step to an ONNX file (atomically: temp file + os.replace)."""
+    """Write `policy`'s step to an ONNX file (atomically, through `policies.atomicio`)."""
     out = Path(path)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"the output file should end in .onnx, got {out.name!r}")
@@ -87,17 +88,12 @@ def export_onnx(policy: Policy, path: str | os.PathLike, opset: int = 17) -> Pat
     args = example_inputs(policy, batch=2)
     names_in, names_out = step.input_names(), step.output_names()
     dynamic = {n: {0: "batch"} for n in names_in + names_out}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
-            torch.onnx.export(step, args, tmp, input_names=names_in, output_names=names_out,
-                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
+        torch.onnx.export(step, args, buf, input_names=names_in, output_names=names_out,
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+    atomic_write_bytes(out, buf.getvalue())  # fsynced, mode 0644, no temp file left on error
     return out
 
 

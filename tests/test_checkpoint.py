@@ -323,3 +323,64 @@ def test_no_module_of_policies_imports_driving():
             offenders += [f"{path.name}:{node.lineno}" for n in names
                           if n == "driving" or n.startswith("driving.")]
     assert not offenders, offenders
+
+
+def _expected_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def test_checkpoint_and_onnx_files_have_the_usual_mode_not_0600(tmp_path):
+    """Issue 12 item 10: mkstemp made checkpoints 0600 while every other output is 0644."""
+    p = build_policy("ncp-cfc", image_hw=HW)
+    save_checkpoint(tmp_path / "run", p, {"x": 1}, optimizer_state={"step": torch.ones(2)},
+                    extra_tensors={"e": torch.zeros(3)})
+    files = sorted((tmp_path / "run").iterdir())
+    assert {f.name for f in files} == {"model.safetensors", "config.json", "optimizer.safetensors",
+                                       "optimizer.json", "extra.safetensors"}
+    for f in files:
+        assert (f.stat().st_mode & 0o777) == _expected_mode(), f.name
+    pytest.importorskip("onnx")
+    from policies.export import export_onnx
+
+    out = export_onnx(p, tmp_path / "step.onnx")
+    assert (out.stat().st_mode & 0o777) == _expected_mode()
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 4])
+def test_every_pickle_protocol_is_named_pickled(tmp_path, protocol):
+    """Issue 12 item 9: protocol 0/1 pickles have no magic number; they were reported as a torn
+    checkpoint or 'header too large' instead of 'pickled'. Nothing is ever unpickled."""
+    import pickle
+
+    blob = pickle.dumps({"w": [0.5] * 64, "b": "x"}, protocol=protocol)
+    run = tmp_path / "run"
+    save_checkpoint(run, build_policy("ncp-ltc", image_hw=HW), {})
+    (run / "model.safetensors").write_bytes(blob)  # a pickle under the checkpoint's name
+    with pytest.raises(ValueError, match="pickled") as exc:
+        load_policy(run)
+    assert "header too large" not in str(exc.value) and "SHA-256" not in str(exc.value)
+    loose = tmp_path / "weights.safetensors"  # a loose file given as the checkpoint
+    loose.write_bytes(blob)
+    with pytest.raises(ValueError, match="pickled"):
+        load_policy(loose)
+
+
+def test_safetensors_starting_with_the_pickle_magic_byte_still_loads(tmp_path):
+    """A safetensors header length of 128 + 256·k makes the file start with 0x80, a pickle's
+    magic byte: such a checkpoint is valid and must load, not be refused as pickled."""
+    from safetensors.torch import save
+
+    from policies.checkpoint import _load_tensors
+
+    for pad in range(300):
+        data = save({"a": torch.arange(4.0)}, metadata={"pad": "x" * pad})
+        if data[0] == 0x80:
+            break
+    else:  # pragma: no cover
+        pytest.fail("no padding gives a leading 0x80")
+    f = tmp_path / "t.safetensors"
+    f.write_bytes(data)
+    assert torch.equal(_load_tensors(f)["a"], torch.arange(4.0))
