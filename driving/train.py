@@ -406,7 +406,7 @@ def train_epoch(model: nn.Module, policy: nn.Module, loader, plan, opt: torch.op
         steps_cap = max(1, math.ceil(cfg.max_frames / (cfg.batch * cfg.seq_len * dist.world)))
     total = int(min(len(loader), steps_cap))
     carried = policy.initial_state(cfg.batch) if plan is not None else None
-    sums = [0.0, 0.0, 0.0]  # weighted loss·n, mse·n, n frames with loss (this rank)
+    sums = [0.0, 0.0, 0.0, 0.0]  # weighted loss·n, mse·n, n frames with loss, frames run (this rank)
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not dist.main or None, leave=False, file=sys.stderr)
     for i, batch in enumerate(loader):
@@ -437,13 +437,14 @@ def train_epoch(model: nn.Module, policy: nn.Module, loader, plan, opt: torch.op
         sums[0] += value * n
         sums[1] += float(mse) * n
         sums[2] += n
-        fps = sums[2] * dist.world / max(time.perf_counter() - t0, 1e-9)
+        sums[3] += pred.numel()  # burn-in frames cost compute too
+        fps = sums[3] * dist.world / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{value:.4f}", fps=f"{fps:.0f}")
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - t0
-    loss_sum, mse_sum, frames = dist.all_sum(sums)
-    return {"train_loss": loss_sum / max(frames, 1), "train_mse": mse_sum / max(frames, 1),
+    loss_sum, mse_sum, supervised, frames = dist.all_sum(sums)
+    return {"train_loss": loss_sum / max(supervised, 1), "train_mse": mse_sum / max(supervised, 1),
             "frames": int(frames), "seconds": elapsed, "frames_per_s": frames / max(elapsed, 1e-9)}
 
 
