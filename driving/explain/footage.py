@@ -107,7 +107,7 @@ def replay(policy: Any, ds: Any, i: int, steps: int, corruption: tuple[str, int]
     dts = np.maximum(ds.steps(i, "dt_s").astype(np.float64), MIN_DT_S)
     labels = ds.steps(i, "steering")
     times = ds.steps(i, "time_s")
-    speed = ds.steps(i, "speed") if "speed" in ep.meta.get("steps", []) else None
+    speed = ds.steps(i, "speed") if ep.meta.get("has_speed", True) else None  # imports may lack it
     h = policy.initial_state(1)
     feats: list[torch.Tensor] = []
     hook = policy.cnn.register_forward_hook(lambda m, a, out: feats.append(out.detach()))

@@ -197,7 +197,7 @@ def run_import(fmt: str, src: str | os.PathLike, out: str | os.PathLike, opts: I
                 meta = {
                     "source": f"{SOURCE_PREFIX}{fmt}", "env_id": f"{ENV_PREFIX}{fmt}",
                     "seed": None, "ended_by": ep.ended_by, "dart_noise": 0.0,
-                    "camera_position": stream.camera_position,
+                    "camera_position": stream.camera_position, "has_speed": stream.has_speed,
                     "origin": {
                         "key": key, "format": fmt, "path": src_abs, "stream": stream.name,
                         "session": ep.session, "first_record": ep.keys[0], "last_record": ep.keys[-1],

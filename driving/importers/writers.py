@@ -143,3 +143,40 @@ def write_labels_csv(path: str | os.PathLike, times_s: Sequence[float], steering
         for t, s in zip(times_s, steering):
             w.writerow([repr(float(t)), repr(float(s))])
     return Path(path)
+
+
+def make_examples(root: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+    """Three small example sources from simulator drives, as a person would bring them:
+    a donkeycar tub (160x120, 20 Hz, two sessions), a Udacity log (320x160, ~14 Hz, with a
+    pause) and a 30 fps video with a 50 Hz steering log in degrees (±25°, milliseconds)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Path] = {}
+    # donkeycar: two sessions of 10 s at 20 Hz, wall-clock ms with a little jitter
+    f1, s1, _ = sim_drive(200, (120, 160), seed=seed + 1)
+    f2, s2, _ = sim_drive(200, (120, 160), seed=seed + 2)
+    ts = 1_767_225_600_000 + np.cumsum(rng.integers(45, 56, 400))
+    ts[200:] += 60_000
+    out["tub"] = write_tub(root / "tub", np.concatenate([f1, f2]), np.concatenate([s1, s2]), ts,
+                           sessions=["26-01-01_0"] * 200 + ["26-01-01_1"] * 200, quality=90)
+    # udacity: 300 rows, ~14 Hz, a 5 s pause after row 150
+    f, s, v = sim_drive(300, (160, 320), seed=seed + 3)
+    t = 1_767_225_600.0 + np.cumsum(rng.uniform(0.06, 0.085, 300))
+    t[150:] += 5.0
+    out["udacity"] = write_udacity(root / "udacity", f, s, t, speed_mph=v / 0.44704, windows_paths=True)
+    # video + CSV: 20 s at 30 fps (the camera), labels at 50 Hz in degrees, ms clock
+    f, s, _ = sim_drive(600, (240, 320), seed=seed + 4)
+    out["video"] = write_video(root / "drive.mp4", f, fps=30)
+    lt = np.arange(0, 20.0, 0.02)
+    deg = np.interp(lt, np.arange(600) / 30.0, s * 25.0)
+    out["labels"] = write_labels_csv(root / "steering.csv", (5000 + lt * 1000).round(3), deg,
+                                     columns=("timestamp", "steering_deg"))
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    paths = make_examples(sys.argv[1] if len(sys.argv) > 1 else "examples")
+    for k, p in paths.items():
+        print(f"{k}: {p}")
