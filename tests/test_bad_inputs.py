@@ -97,6 +97,8 @@ def _workspace(ws: Path, fx: dict[str, Path]) -> None:
     (ws / "report").mkdir()
     (ws / "report" / "report.json").write_text(json.dumps(_report("old")))
     (ws / "report" / "report.md").write_text("# old report\n")
+    (ws / "multi" / "Fake-v0").mkdir(parents=True)  # `eval --envs` output: a report per env
+    (ws / "multi" / "Fake-v0" / "report.json").write_text(json.dumps(_report("old")))
     (ws / "cmp").mkdir()
     (ws / "cmp" / "compare.json").write_text("{}\n")
     (ws / "still.png").write_bytes(PNG + b"old still")
@@ -191,6 +193,8 @@ CASES: dict[str, Case] = {
     "eval-out-under-file": Case((*EVAL, "--out", "{ws}/note.txt/ev"), ("note.txt", "is a file"), no_work=NO_EVAL),
     "eval-out-is-file": Case((*EVAL, "--out", "{ws}/note.txt"), ("note.txt", "is a file"), no_work=NO_EVAL),
     "eval-out-earlier-report": Case((*EVAL, "--out", "{ws}/report"), ("already holds", "--force"), no_work=NO_EVAL),
+    "eval-envs-earlier-report-of-one-env": Case(("eval", "--checkpoint", "{ckpt}", "--envs", f"{FAKE_ID},liquid_drive/Racetrack-v0",
+                                                 "--out", "{ws}/multi"), ("Fake-v0", "already holds", "--force"), no_work=NO_EVAL),
     "eval-out-holds-run": Case((*EVAL, "--out", "{ckpt}"), ("training run",), no_work=NO_EVAL),
     "eval-out-holds-dataset": Case((*EVAL, "--out", "{ds}"), ("dataset",), no_work=NO_EVAL),
     "eval-out-holds-comparison": Case((*EVAL, "--out", "{ws}/cmp"), ("comparison",), no_work=NO_EVAL),

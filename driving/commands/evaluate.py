@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     # Before any episode: --out under a file, onto a file, holding another kind of output
     # (a run, a dataset), or an earlier report without --force.
     check_out_dir(args.out, "report", force=args.force)
+    if len(env_ids) > 1:  # --envs: one report per env in OUT/<env>/, each checked the same way
+        from driving.evaluate import env_slug
+
+        for e in env_ids:
+            check_out_dir(Path(args.out) / env_slug(e), "report", force=args.force)
     spec = EvalSpec(
         checkpoint=args.checkpoint, env_id=env_ids[0], env_kwargs=parse_env_config(args.env_config),
         episodes=args.episodes, corruptions=corruptions, severities=severities, steps=args.steps,
