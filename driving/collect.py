@@ -15,6 +15,8 @@ from the small drifts a learned policy makes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import queue
@@ -31,13 +33,13 @@ from driving.dataset import (
     OPTIONAL_STEPS,
     DatasetError,
     DatasetWriter,
+    validate_meta,
 )
 from driving.errors import UserError
 from driving.interventions import STRICT, InterventionRule
 from driving.rollout import Actor, ExpertActor, NoisyActor, Step, drive, jittered_timing
 from envs.contract import as_driving_env
 from envs.contract import make_env as make_driving_env
-from policies.atomicio import jsonable
 
 
 class ActionSource(Protocol):
@@ -103,8 +105,20 @@ def env_camera(env: Any) -> dict[str, Any]:
 
 
 def env_config(env: Any) -> dict[str, Any]:
-    """The env's config dict (JSON-safe copy), stored with every episode."""
-    return jsonable(as_driving_env(env).config)
+    """The env's config dict (a plain-JSON copy), stored with every episode. Non-finite
+    numbers are kept, so that the writer's `validate_meta` refuses them by name instead of
+    storing null."""
+    return json.loads(json.dumps(as_driving_env(env).config, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    return repr(o)
 
 
 def dataset_row(step: Step, optional: list[str], nominal_dt: float) -> dict[str, Any]:
@@ -296,6 +310,9 @@ def collect(
         raise UserError(f"--workers must be >= 1, got {workers}")
     if not (math.isfinite(dart_noise) and dart_noise >= 0):  # NaN passes `< 0` (and would reach index.json)
         raise UserError(f"--dart-noise must be a finite std >= 0 (e.g. 0.1), got {dart_noise}")
+    # Every setting that reaches the store's metadata, checked before an env or a store exists.
+    validate_meta({"dart_noise": dart_noise, "dt_jitter": dt_jitter, "env_kwargs": dict(env_kwargs or {})},
+                  "collect settings")
     env, env_kwargs, recorder_dart = make_collect_env(env_id, env_kwargs, dart_noise, steps)
     try:
         writer = DatasetWriter(out, env_id, env_config(env), env_camera(env), save_depth=save_depth)
