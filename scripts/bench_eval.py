@@ -1,6 +1,8 @@
-"""Benchmark the evaluation loop: policy step, corruptions, closed-loop steps/s (1 and 2 workers).
+"""Benchmark the evaluation loop: policy step, corruptions, where a closed-loop step's time
+goes, and closed-loop steps per CPU second one episode at a time vs K in lock step (fp32,
+and bf16 where the CPU has it).
 
-    .venv/bin/python scripts/bench_eval.py --json bench_eval.json [--steps 200] [--episodes 4]
+    .venv/bin/python scripts/bench_eval.py --json bench_eval.json [--steps 200] [--episodes 16]
 
 Targets (issue 6): the policy step (CNN + NCP, batch 1, one thread) <= 5 ms; fog <= ~1 ms at
 78x200. Everything runs with one torch thread per process; compare numbers within one run
@@ -72,30 +74,58 @@ def bench_corruptions(n: int) -> dict:
 
 
 def bench_closed_loop(run_dir: str, env_id: str, corruption: str, severity: int, steps: int,
-                      episodes: int) -> dict:
+                      episodes: int, batches: list[int], precisions: list[str], repeats: int) -> dict:
+    """Closed-loop steps/s on one core: one episode at a time vs K in lock step (one process,
+    one thread). Each setting runs ``repeats`` times, interleaved, best kept; steps per CPU
+    second (process time) is the per-core figure, wall steps/s is beside it."""
     from driving.evaluate import EvalSpec, Task, run_tasks
 
-    spec = EvalSpec(checkpoint=run_dir, env_id=env_id, episodes=episodes, corruptions=(corruption,),
-                    severities=(severity,), steps=steps, expert_reference=False)
     task_list = [Task("policy", corruption, severity, i) for i in range(episodes)]
-    out = {"env": env_id, "corruption": corruption, "severity": severity, "steps": steps, "episodes": episodes}
-    for workers in (1, 2):
-        # Worker start-up (spawn, imports, env + policy build) measured on a 1-step run.
-        tiny = EvalSpec(**{**spec.__dict__, "steps": 1})
-        t = time.perf_counter()
-        run_tasks(tiny, task_list[:workers], workers=workers, progress=False)
-        startup = time.perf_counter() - t
-        t = time.perf_counter()
-        res = run_tasks(spec, task_list, workers=workers, progress=False)
-        wall = time.perf_counter() - t
-        total = sum(r["steps"] for r in res)
-        out[f"workers_{workers}"] = {
-            "wall_s": wall,
-            "steps_per_s": total / wall,
-            "steps_per_s_excluding_startup": total / max(1e-9, wall - (startup if workers > 1 else 0.0)),
-            "startup_s": startup,
-        }
-    out["speedup_2_vs_1"] = out["workers_2"]["steps_per_s"] / out["workers_1"]["steps_per_s"]
+    out: dict = {"env": env_id, "corruption": corruption, "severity": severity, "steps": steps,
+                 "episodes": episodes, "runs": {}}
+    settings = [(k, p) for p in precisions for k in batches]
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for k, prec in settings:
+            spec = EvalSpec(checkpoint=run_dir, env_id=env_id, episodes=episodes, corruptions=(corruption,),
+                            severities=(severity,), steps=steps, expert_reference=False, batch_episodes=k,
+                            precision=prec)
+            t, c = time.perf_counter(), time.process_time()
+            res = run_tasks(spec, task_list, workers=1, progress=False)
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            total = sum(r["steps"] for r in res)
+            key = f"K{k}_{prec}"
+            row = {"batch_episodes": k, "precision": prec, "wall_s": wall, "cpu_s": cpu,
+                   "steps": total, "steps_per_s": total / wall, "steps_per_cpu_s": total / cpu,
+                   "mean_abs_cross_track_m": float(np.mean([r["mean_abs_cross_track_m"] for r in res])),
+                   "crashes": int(sum(r["crashes"] for r in res))}
+            if key not in best or row["steps_per_cpu_s"] > best[key]["steps_per_cpu_s"]:
+                best[key] = row
+    out["runs"] = best
+    base = best[f"K1_{precisions[0]}"]["steps_per_cpu_s"]
+    out["speedup_vs_K1_fp32"] = {k: v["steps_per_cpu_s"] / base for k, v in best.items()}
+    return out
+
+
+def bench_step_split(env_id: str, n: int) -> dict:
+    """Where a closed-loop step's time goes: the env (physics + dashcam render) vs the policy."""
+    from envs.contract import make_env
+    from policies.factory import build_policy
+
+    env = make_env(env_id, max_steps=n + 10)
+    env.reset(seed=0)
+    act = np.zeros(1, np.float32)
+    env_ms, env_cpu = _timed(lambda: env.step(act), n, warmup=5)
+    frame = env.reset(seed=0)[0]["image"]
+    p = build_policy("ncp-cfc").eval()
+    out = {"env_step_ms": env_ms, "env_step_cpu_ms": env_cpu}
+    with torch.inference_mode():
+        for k in (1, 8, 16):
+            frames = np.repeat(frame[None], k, axis=0)
+            h = p.initial_state(k)
+            dt = torch.full((k,), 0.1)
+            ms, cpu = _timed(lambda frames=frames, h=h, dt=dt: p.step(frames, h, dt), max(20, n // k), warmup=5)
+            out[f"policy_step_K{k}_cpu_ms_per_frame"] = cpu / k
     return out
 
 
@@ -106,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corruption", default="fog")
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200, help="steps per episode")
-    ap.add_argument("--episodes", type=int, default=4)
+    ap.add_argument("--episodes", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=200, help="timed calls for micro-benchmarks")
+    ap.add_argument("--batches", default="1,4,8,16", help="lock-step batch sizes K to compare")
+    ap.add_argument("--loop-repeats", type=int, default=2, help="interleaved repeats of each closed-loop setting")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure bf16 autocast of the CNN where supported")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from policies.checkpoint import save_checkpoint
@@ -124,19 +158,30 @@ def main(argv: list[str] | None = None) -> int:
     print("corruptions ...", file=sys.stderr)
     result["corruptions_78x200"] = bench_corruptions(args.repeats)
     print("closed loop ...", file=sys.stderr)
+    batches = [int(x) for x in args.batches.split(",")]
+    precisions = ["fp32"]
+    if args.bf16:
+        from policies import policy as P
+
+        if getattr(P, "supports_bf16", lambda d: False)("cpu"):
+            precisions.append("bf16")
+    result["step_split"] = bench_step_split(args.env, 100)
     with tempfile.TemporaryDirectory() as tmp:
         run = os.path.join(tmp, "run")
         save_checkpoint(run, build_policy("ncp-cfc"), {"note": "untrained, benchmark only"})
         result["closed_loop_ncp_cfc"] = bench_closed_loop(run, args.env, args.corruption, args.severity,
-                                                          args.steps, args.episodes)
+                                                          args.steps, args.episodes, batches, precisions,
+                                                          args.loop_repeats)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     ps = result["policy_step"]["ncp-cfc"]
     cl = result["closed_loop_ncp_cfc"]
     print(f"ncp-cfc step {ps['step_ms']:.2f} ms wall, {ps['step_cpu_ms']:.2f} ms CPU (cnn "
-          f"{ps['cnn_cpu_ms']:.2f} ms CPU); fog sev5 "
-          f"{result['corruptions_78x200']['fog']['sev5_ms']:.3f} ms; closed loop "
-          f"{cl['workers_1']['steps_per_s']:.0f} steps/s (1 worker), "
-          f"{cl['workers_2']['steps_per_s']:.0f} (2 workers) → {args.json}", file=sys.stderr)
+          f"{ps['cnn_cpu_ms']:.2f} ms CPU); env step {result['step_split']['env_step_cpu_ms']:.2f} ms CPU",
+          file=sys.stderr)
+    for key, row in cl["runs"].items():
+        print(f"  {key}: {row['steps_per_cpu_s']:.0f} steps per CPU s ({row['steps_per_s']:.0f} wall), "
+              f"x{cl['speedup_vs_K1_fp32'][key]:.2f} vs K1 fp32", file=sys.stderr)
+    print(f"→ {args.json}", file=sys.stderr)
     return 0
 
 
