@@ -929,8 +929,21 @@ def write_results_md(p: Plan, agg: dict[str, Any], params: list[dict], compare_d
     L += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     L.append("")
     text = "\n".join(L)
+    text = _keep_v2_block(docs, text)
     _write_text(docs, text)
     return text
+
+
+def _keep_v2_block(docs: Path, text: str) -> str:
+    """The protocol-v2 block of the existing page (driving.sweep.report) survives a v1 rewrite."""
+    from driving.sweep.report import V2_BEGIN, V2_END
+
+    old = docs.read_text() if docs.is_file() else ""
+    if V2_BEGIN not in old or V2_END not in old or V2_BEGIN in text:
+        return text
+    block = V2_BEGIN + old.split(V2_BEGIN, 1)[1].split(V2_END, 1)[0] + V2_END
+    head, rest = text.split("\n", 1)
+    return head + "\n\n" + block + "\n" + rest
 
 
 def run_command(p: Plan, command: str) -> str:

@@ -215,3 +215,12 @@ def test_v2_report_only_keeps_the_v1_history(tmp_path):
     params = {r["policy"]: r for r in summary["parameters"]}
     assert params["ncp-ltc"]["core_effective"] == params["ncp-ltc"]["core_storage"] == 1131
     assert params["cnn-ema"]["storage"] == params["cnn-ema"]["effective"] == 88291
+
+
+def test_a_v1_rewrite_keeps_the_v2_block(tmp_path):
+    docs = tmp_path / "results.md"
+    docs.write_text("# old\n\n<!-- protocol-v2:begin -->\nv2 says\n<!-- protocol-v2:end -->\nold v1\n")
+    p = rp.Plan(out=str(tmp_path), policies=("cnn",), seeds=(0,), ssim=(), docs=str(docs))
+    text = rp.write_results_md(p, rp.aggregate(p), [], None, [], {}, "cmd")
+    assert text.startswith("# Results") and text.count("v2 says") == 1 and "old v1" not in text
+    assert text.index("v2 says") < text.index("## What ran")

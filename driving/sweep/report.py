@@ -377,8 +377,17 @@ def update_results_section(results_md: Path, page: Path, p: Protocol, s: dict[st
     rel = os.path.relpath(page, results_md.parent)
     block = [V2_BEGIN, f"## Protocol {p.name} (issue 16): paired, ≥ 5 seeds, controls", "",
              f"The full page: [{rel}]({rel}). Regenerate with `{command}` (resumable; "
-             "`--part K/N` runs a share).", "",
-             f"- Cells finished: {s['cells_done']} of {s['cells_planned']}.", ""]
+             "`--part K/N` runs a share; how it runs on one machine or a Ray cluster and what "
+             f"each task costs: [sweep.md]({os.path.relpath('docs/sweep.md', results_md.parent)})).",
+             "",
+             f"{len(p.policies)} policies (the v1 eight plus layered wiring controls for both cells, "
+             "smoothing controls and a time-blind LTC) × seeds "
+             f"{', '.join(map(str, p.seeds))} × {p.roads} held-out roads × {p.eval_steps / 10:.0f} s × "
+             f"{len(p.conditions)} conditions, `{p.intervention}` interventions, paired statistics.",
+             "",
+             f"- Cells finished: {s['cells_done']} of {s['cells_planned']}"
+             + (" (the sweep has not run yet: the v1 tables below are the only published numbers)."
+                if s["cells_done"] == 0 else "."), ""]
     block += [f"- {x}" for x in findings(p, s)] + ["", V2_END]
     text = results_md.read_text() if results_md.is_file() else "# Results\n"
     if V2_BEGIN in text and V2_END in text:
