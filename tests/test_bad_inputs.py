@@ -221,6 +221,8 @@ CASES: dict[str, Case] = {
     "explain-video-exists": Case((*EXPLAIN, "--out", "{ws}/video.mp4"), ("video.mp4", "--force")),
     "explain-out-under-file": Case((*EXPLAIN, "--out", "{ws}/note.txt/x.mp4"), ("note.txt", "is a file")),
     "explain-out-is-folder": Case((*EXPLAIN, "--out", "{ws}/adir.mp4", "--force"), ("adir.mp4", "folder")),
+    "explain-fps-inf": Case((*EXPLAIN, "--fps", "inf", "--out", "{ws}/x.mp4"), ("--fps", "inf")),
+    "explain-fps-nan": Case((*EXPLAIN, "--fps", "nan", "--out", "{ws}/x.mp4"), ("--fps", "nan")),
     "explain-checkpoint-pickled": Case(("explain", "--checkpoint", "{pickled}", "--env", FAKE_ID, "--out", "{ws}/x.mp4"),
                                        ("pickle",), ("header too large",)),
     # export: all before the export

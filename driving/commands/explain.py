@@ -166,8 +166,8 @@ def _run(args: argparse.Namespace) -> int:
     steps = 200 if steps is None else steps
     if args.ig_steps < 1:
         raise UserError("--ig-steps must be >= 1")
-    if args.fps is not None and not args.fps > 0:
-        raise UserError("--fps must be > 0")
+    if args.fps is not None and not 0 < args.fps < 1000:  # also NaN and inf
+        raise UserError(f"--fps must be a frame rate in (0, 1000), got {args.fps}")
 
     policy, config, source = _load(args)
     policy.eval()
