@@ -171,9 +171,14 @@ def summarise(p: Protocol, lay: Layout, noise: bool = True) -> dict[str, Any]:
                 for r in range(p.roads):
                     f = lay.cell(pol, s, c, r)
                     if f.is_file():
-                        secs.setdefault("eval", []).append(json.loads(f.read_text())["seconds"])
+                        c = json.loads(f.read_text())
+                        secs.setdefault("eval", []).append(c["seconds"])
+                        if "cpu_seconds" in c:
+                            secs.setdefault("eval cpu", []).append(c["cpu_seconds"])
     for meta in trained.values():
         secs.setdefault(meta["kind"], []).append(meta["seconds"])
+        if "cpu_seconds" in meta:
+            secs.setdefault(f"{meta['kind']} cpu", []).append(meta["cpu_seconds"])
     f = lay.out / "timings" / "sessions.json"
     sessions = json.loads(f.read_text()).get("sessions", []) if f.is_file() else []
     return {
@@ -278,8 +283,9 @@ def write_page(p: Protocol, s: dict[str, Any], page: Path, command: str) -> str:
          f"- **Cells finished**: {s['cells_done']} of {s['cells_planned']} (policy, seed, condition, road).",
          ]
     for k, v in s["task_seconds"].items():
-        L.append(f"- **{k} tasks**: {v['n']} done, {v['mean']:.1f} s each on average "
-                 f"({v['sum'] / 3600:.2f} CPU-hours)")
+        what = "CPU" if k.endswith(" cpu") else "wall clock"
+        L.append(f"- **{k.removesuffix(' cpu')} tasks, {what}**: {v['n']} done, {v['mean']:.1f} s "
+                 f"each on average ({v['sum'] / 3600:.2f} hours in all)")
     if s["sessions"]:
         L.append(f"- **Sessions**: {len(s['sessions'])}, {sum(x['wall_s'] for x in s['sessions']) / 60:.1f} "
                  "min wall clock in all; parts: "

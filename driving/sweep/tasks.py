@@ -89,7 +89,7 @@ def train_task(p: Protocol, policy: str, seed: int, data_dir: str, _data: Any = 
     """Train one (policy, seed) on the shared dataset; its files and best validation MSE.
     (``_data`` is the recording task's result: an argument only so Ray orders the two.)"""
     ensure_dataset(p, data_dir)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix=f"sweep-train-{policy}-s{seed}-") as tmp:
         run = Path(tmp) / "run"
         argv = ["train", "--data", data_dir, "--policy", policy, "--out", str(run),
@@ -105,7 +105,8 @@ def train_task(p: Protocol, policy: str, seed: int, data_dir: str, _data: Any = 
         files = _files(run)
     return {"kind": "train", "policy": policy, "seed": seed, "files": files,
             "best_val_mse": _best_val_mse(files.get("metrics.csv", b"")),
-            "seconds": round(time.perf_counter() - t, 2)}
+            "seconds": round(time.perf_counter() - t, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2)}
 
 
 def _best_val_mse(csv_bytes: bytes) -> float | None:
@@ -179,7 +180,7 @@ def derive_task(p: Protocol, policy: str, seed: int, data_dir: str, base: dict,
     from policies.factory import build_policy
 
     ensure_dataset(p, data_dir)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix=f"sweep-derive-{policy}-s{seed}-") as tmp:
         tmp = Path(tmp)
         base_pol, base_cfg = _load(base["files"], tmp, "base")
@@ -208,7 +209,8 @@ def derive_task(p: Protocol, policy: str, seed: int, data_dir: str, base: dict,
         save_checkpoint(tmp / "run", pol, {"derived": calib})
         files = _files(tmp / "run")
     return {"kind": "derive", "policy": policy, "seed": seed, "files": files,
-            "calibration": calib, "seconds": round(time.perf_counter() - t, 2)}
+            "calibration": calib, "seconds": round(time.perf_counter() - t, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2)}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -243,11 +245,12 @@ def eval_task(p: Protocol, policy: str, seed: int, condition: str, road: int, ru
     import torch
 
     torch.set_num_threads(1)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix=f"sweep-eval-{policy}-s{seed}-") as tmp:
         tmp = Path(tmp)
         ckpt = write_files(run["files"], tmp / "ckpt")
         with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
             row = evaluate_cell(ckpt, p, condition, road, tmp / "out")
     return {"kind": "eval", "policy": policy, "seed": seed, "condition": condition, "road": road,
-            "road_seed": p.road_seed + road, "row": row, "seconds": round(time.perf_counter() - t, 2)}
+            "road_seed": p.road_seed + road, "row": row, "seconds": round(time.perf_counter() - t, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2)}
