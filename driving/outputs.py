@@ -57,6 +57,18 @@ def detect_kind(folder: str | os.PathLike) -> tuple[str, str] | None:
     return None
 
 
+def _given(path: str | os.PathLike, flag: str, what: str) -> tuple[Path, str]:
+    """(Path, the text as given); an empty value or a broken link is refused here."""
+    shown = os.fspath(path)
+    if not str(shown).strip():
+        raise UserError(f"{flag} is empty; give a {what}")
+    p = Path(shown)
+    if p.is_symlink() and not p.exists():
+        raise UserError(f"{flag} {shown} is a broken symbolic link (to {os.readlink(p)}); "
+                        "remove it or choose another path")
+    return p, shown
+
+
 def _nearest_existing(path: Path) -> Path:
     p = path
     while not p.exists() and not p.is_symlink() and p != p.parent:
@@ -91,8 +103,7 @@ def check_out_dir(path: str | os.PathLike, kind: str, *, force: bool = False,
         raise ValueError(f"unknown output kind {kind!r}; one of {', '.join(KINDS)}")
     if existing not in ("refuse", "overwrite", "append"):
         raise ValueError(f"existing must be refuse, overwrite or append, got {existing!r}")
-    p = Path(path)
-    shown = os.fspath(path)
+    p, shown = _given(path, flag, "folder")
     if p.exists() or p.is_symlink():
         if not p.is_dir():
             raise UserError(f"{flag} {shown} is a file, not a folder; choose a new folder name "
@@ -122,8 +133,7 @@ def check_out_file(path: str | os.PathLike, *, suffixes: Sequence[str] = (), for
     starts with the magic bytes ``overwrite_if`` (so a preview replaces an older preview PNG
     but never some other file). ``make_parents``: missing folders are created by the writer.
     """
-    p = Path(path)
-    shown = os.fspath(path)
+    p, shown = _given(path, flag, "file name")
     if suffixes and p.suffix.lower() not in suffixes:
         raise UserError(f"{flag} must name a {' or '.join(suffixes)} file, got {shown!r}")
     if p.is_dir():

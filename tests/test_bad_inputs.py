@@ -195,6 +195,7 @@ CASES: dict[str, Case] = {
     "eval-out-earlier-report": Case((*EVAL, "--out", "{ws}/report"), ("already holds", "--force"), no_work=NO_EVAL),
     "eval-envs-earlier-report-of-one-env": Case(("eval", "--checkpoint", "{ckpt}", "--envs", f"{FAKE_ID},liquid_drive/Racetrack-v0",
                                                  "--out", "{ws}/multi"), ("Fake-v0", "already holds", "--force"), no_work=NO_EVAL),
+    "eval-out-empty": Case((*EVAL, "--out", ""), ("--out is empty",), no_work=NO_EVAL),
     "eval-out-holds-run": Case((*EVAL, "--out", "{ckpt}"), ("training run",), no_work=NO_EVAL),
     "eval-out-holds-dataset": Case((*EVAL, "--out", "{ds}"), ("dataset",), no_work=NO_EVAL),
     "eval-out-holds-comparison": Case((*EVAL, "--out", "{ws}/cmp"), ("comparison",), no_work=NO_EVAL),
@@ -434,6 +435,18 @@ def test_check_out_dir_rules(fx, tmp_path):
     assert not (tmp_path / "new").exists()  # checking creates nothing
     with pytest.raises(ValueError, match="unknown output kind"):
         outputs.check_out_dir(tmp_path, "video")
+
+
+def test_empty_and_broken_link_outs(tmp_path):
+    with pytest.raises(outputs.UserError, match="--out is empty"):
+        outputs.check_out_dir("", "report")
+    with pytest.raises(outputs.UserError, match="--out is empty"):
+        outputs.check_out_file(" ")
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    for check in (lambda: outputs.check_out_dir(link, "report"), lambda: outputs.check_out_file(link)):
+        with pytest.raises(outputs.UserError, match="broken symbolic link"):
+            check()
 
 
 def test_unwritable_folder_is_refused(tmp_path, monkeypatch):
