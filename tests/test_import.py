@@ -44,6 +44,17 @@ def _frames(ds: Dataset) -> np.ndarray:
     return np.concatenate([ds.frames(i) for i in range(len(ds))])
 
 
+def _jpeg(frames: np.ndarray, quality: int = 95) -> np.ndarray:
+    """What a JPEG encode + decode (the writers' quality) makes of RGB frames."""
+    import cv2
+
+    out = []
+    for f in frames:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        out.append(cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    return np.stack(out)
+
+
 def _one_line_exit_2(argv: list[str], capsys) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -62,9 +73,9 @@ def test_tub_round_trip_frames_labels_time(tmp_path, drive):
     ds = Dataset(tmp_path / "ds")
     assert s["episodes_written"] == 1 and s["frames_written"] == len(frames) and not s["skipped"]
     np.testing.assert_array_equal(_all(ds, "steering"), steer.astype(np.float32))  # labels exact
-    got = _frames(ds).astype(np.int16)
-    err = np.abs(got - frames.astype(np.int16))
-    assert err.mean() < 2.0 and np.percentile(err, 99) < 20  # JPEG quality 95
+    got = _frames(ds)
+    np.testing.assert_array_equal(got, _jpeg(frames))  # exactly the JPEG round trip, nothing else
+    assert np.abs(got.astype(np.int16) - frames).mean() < 3.0
     dt = ds.steps(0, "dt_s")
     np.testing.assert_allclose(dt[1:], np.diff(ts) / 1000.0, atol=1e-6)  # real, irregular intervals
     assert dt[0] == pytest.approx(np.median(np.diff(ts)) / 1000.0, rel=1e-6)
@@ -151,8 +162,7 @@ def test_udacity_round_trip_windows_paths_no_header_side_cameras(tmp_path, drive
     np.testing.assert_array_equal(ds.steps(by_cam["left"], "action"), steer.astype(np.float32))
     np.testing.assert_allclose(ds.steps(by_cam["center"], "dt_s"), 0.1, atol=2e-3)  # ms stamps
     np.testing.assert_allclose(ds.steps(by_cam["center"], "speed"), 4.4704, rtol=1e-6)
-    err = np.abs(ds.frames(by_cam["left"]).astype(np.int16) - left.astype(np.int16))
-    assert err.mean() < 2.0
+    np.testing.assert_array_equal(ds.frames(by_cam["left"]), _jpeg(left))
 
 
 def test_udacity_csv_without_named_columns_exit_2(tmp_path, drive, capsys):
@@ -184,7 +194,7 @@ def test_video_round_trip_labels_by_time_and_fps(tmp_path, drive):
     np.testing.assert_allclose(ds.steps(0, "steering"), steer, atol=1e-6)  # the label at each frame time
     np.testing.assert_allclose(ds.steps(0, "dt_s"), 0.1, atol=1e-6)
     err = np.abs(ds.frames(0).astype(np.int16) - frames.astype(np.int16))
-    assert err.mean() < 6.0  # lossy MPEG-4
+    assert err.mean() < 8.0  # lossy MPEG-4
     s2 = run_import("video", tmp_path / "d.mp4", tmp_path / "ds5", _opts(steering_scale=25.0, fps=5),
                     progress=False, labels=tmp_path / "l.csv", video_start=100.5)
     assert s2["frames_written"] == len(frames) // 2 and s2["skipped"]["subsampled"]["count"] == len(frames) // 2
@@ -259,7 +269,11 @@ def test_crop_resize_and_flat_ground_depth_match_simulator_camera():
     env = gym.make("liquid_drive/Racetrack-v0", camera=cam)
     try:
         env.reset(seed=0)
-        ref = env.unwrapped.renderer.row_depth  # the simulator's analytic ground depth per row
+        r = env.unwrapped.renderer
+        ref = r.row_depth  # the simulator's analytic ground depth per row
+        spec = r.spec  # the camera it rendered with (appearance draws may move pitch/height)
+        cam = {"height": spec.height, "width": spec.width, "fov_deg": spec.fov_deg,
+               "height_m": spec.height_m, "pitch_deg": spec.pitch_deg}
     finally:
         env.close()
     geo = Geometry.make((78, 200), (0, 0), (78, 200))
