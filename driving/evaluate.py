@@ -83,7 +83,7 @@ class EvalSpec:
     expert_reference: bool = True
     intervention: str = "strict"
     lane_invasion_m: float = DEFAULT_LANE_INVASION_M
-    batch_episodes: int = 1
+    batch_episodes: int = DEFAULT_BATCH_EPISODES
     device: str = "cpu"
     precision: str = "fp32"
     # Test hooks: picklable zero-argument callables that build the policy / env instead of

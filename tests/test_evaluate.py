@@ -234,6 +234,7 @@ def _spec(**kw) -> EvalSpec:
     base = dict(
         checkpoint=None, env_id="toy", episodes=2, corruptions=("none", "fog", "dropped_frames"),
         severities=(1, 5), steps=40, seed=3, policy_factory=_image_policy, env_factory=_toy_env,
+        batch_episodes=1,  # the toy policies step one frame at a time
     )
     base.update(kw)
     return EvalSpec(**base)
@@ -475,7 +476,8 @@ def test_batched_rows_keep_their_own_state_and_held_frames():
 def test_batched_real_policy_agrees_with_sequential_within_intervals(tmp_path):
     pytest.importorskip("envs.highway")
     spec = EvalSpec(checkpoint="pretrained:ncp-cfc", env_id="liquid_drive/Racetrack-v0", episodes=4,
-                    corruptions=("none", "noise:3"), steps=60, seed=5, expert_reference=False)
+                    corruptions=("none", "noise:3"), steps=60, seed=5, expert_reference=False,
+                    batch_episodes=1)
     from policies.checkpoint import resolve_run_dir
 
     spec = EvalSpec(**{**spec.__dict__, "checkpoint": str(resolve_run_dir("pretrained:ncp-cfc"))})
