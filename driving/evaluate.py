@@ -402,10 +402,11 @@ def _run_chunk(item: tuple[int, list[Task]]) -> tuple[int, list[dict]]:
 def chunks(spec: EvalSpec, task_list: list[Task]) -> list[list[Task]]:
     """Fixed chunks in task order (one driver per chunk), independent of the worker count.
 
-    One task per chunk without batching; with K-episode batching, chunks of 4·K policy tasks
-    (refills keep the K rows busy) so that several workers still share the work.
+    One task per chunk without batching; with K-episode batching, chunks of 2·K policy tasks
+    (refills keep the K rows busy when episodes end at different times) so that several
+    workers still share the work of a small evaluation.
     """
-    size = 1 if spec.batch_episodes <= 1 else 4 * spec.batch_episodes
+    size = 1 if spec.batch_episodes <= 1 else 2 * spec.batch_episodes
     out: list[list[Task]] = []
     for t in task_list:
         if out and len(out[-1]) < size and out[-1][0].driver == t.driver and t.driver == "policy":
