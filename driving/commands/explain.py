@@ -52,6 +52,8 @@ def register(subparsers: Any) -> None:
                    help="per-neuron saliency method")
     p.add_argument("--ig-steps", type=int, default=16, help="integrated-gradients steps")
     p.add_argument("--seed", type=int, default=0, help="env and corruption seed")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where the policy runs (default cpu; auto = cuda when available)")
     p.add_argument("--fps", type=float, default=None, help="video frame rate (default 1/dt of the env)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="explain over recorded footage: a dataset episode instead of a drive (policy "
@@ -102,11 +104,13 @@ def _default_neurons(policy: Any) -> list[int]:
 
 def _load(args: argparse.Namespace) -> tuple[Any, dict, str]:
     if args.checkpoint:
-        from policies.checkpoint import load_policy
+        from policies.checkpoint import load_policy, resolve_run_dir
 
-        if not os.path.isdir(args.checkpoint):
-            raise UserError(f"--checkpoint {args.checkpoint!r} is not a run directory")
-        policy, config = load_policy(args.checkpoint)
+        try:  # a run directory, or pretrained:NAME (an agent shipped with the package)
+            run_dir = resolve_run_dir(args.checkpoint)
+            policy, config = load_policy(run_dir)
+        except ValueError as exc:
+            raise UserError(f"--checkpoint: {exc}") from None
         return policy, dict(config), str(args.checkpoint)
     from policies.factory import POLICY_NAMES, build_policy
 
@@ -169,8 +173,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.fps is not None and not 0 < args.fps < 1000:  # also NaN and inf
         raise UserError(f"--fps must be a frame rate in (0, 1000), got {args.fps}")
 
+    from driving.evaluate import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     policy, config, source = _load(args)
     policy.eval()
+    if device != "cpu":
+        policy.to(device)
     units = int(getattr(policy, "units", 0))
     if neurons is None:
         neurons = _default_neurons(policy)
