@@ -249,12 +249,26 @@ def test_out_with_other_camera_or_simulator_data_refused_nothing_lost(tmp_path, 
     assert Dataset(tmp_path / "ds").num_frames == len(frames)
 
 
+def test_out_holding_a_run_or_report_refused(tmp_path, drive, capsys):
+    frames, steer = drive
+    write_tub(tmp_path / "tub", frames[:20], steer[:20], T0_MS + np.arange(20) * 50)
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "report.json").write_text("{}")
+    line = _one_line_exit_2(["import", "--format", "donkeycar", str(tmp_path / "tub"), "--out",
+                             str(tmp_path / "rep")], capsys)
+    assert "evaluation report" in line
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.json"]
+
+
 def test_dagger_refused_on_imported_data(tmp_path, drive):
     frames, steer = drive
     write_tub(tmp_path / "tub", frames[:20], steer[:20], T0_MS + np.arange(20) * 50)
     run_import("donkeycar", tmp_path / "tub", tmp_path / "ds", _opts(), progress=False)
     with pytest.raises(ValueError, match="DAgger needs a simulator"):
         require_simulator(Dataset(tmp_path / "ds"))
+    assert main(["train", "--data", str(tmp_path / "ds"), "--policy", "ncp-cfc", "--epochs", "1",
+                 "--dagger-rounds", "1", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()  # refused before any training
 
 
 # ------------------------------------------------------------------------------------ geometry

@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     # before the source is read: --out under a file, onto a file, or holding a run/report;
     # an existing dataset is appended to (or resumed)
     check_out_dir(args.out, "dataset", existing="append")
+    from driving.outputs import check_out_dir, writing
+
+    check_out_dir(args.out, "dataset", existing="append")  # a run or report folder: refused here
     if args.format != "video" and args.labels is not None:
         raise UserError(f"--labels is for --format video; a {args.format} source carries its own labels")
     speed_scale = args.speed_scale
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         kw.update(labels=args.labels, time_column=args.time_column, steering_column=args.steering_column,
                   time_unit=args.time_unit, video_start=args.video_start, max_label_gap=args.max_label_gap)
-    summary = run_import(args.format, args.src, args.out, opts, progress=not args.quiet, **kw)
+    with writing(args.out):  # a full disk: one line, committed episodes intact
+        summary = run_import(args.format, args.src, args.out, opts, progress=not args.quiet, **kw)
     print(format_summary(summary), file=sys.stderr)
     if summary["episodes_written"] == 0 and not summary["skipped"].get("already_imported"):
         print("warning: no episode was written; see the skip summary above", file=sys.stderr)
