@@ -41,6 +41,34 @@ def check_sequence(
             raise ValueError(f"{who}: hx must have shape (batch={b}, units={units}), got {shape}")
     if timespans is not None:
         check_dt(timespans, (b, t), who, "timespans", "(batch, time)")
+    check_finite(x, who, "x", ("batch", "time", "feature"))
+    if hx is not None:
+        check_finite(hx, who, "hx", ("batch", "neuron"))
+
+
+_NONFINITE_HINT = ("the cells refuse non-finite input, which would stay in their state for good "
+                   "(check what feeds them; in closed loop Policy.step(..., nan_policy='hold') "
+                   "holds the last action instead, docs/cells.md)")
+
+
+def nonfinite_error(who: str, name: str, dims: tuple[str, ...], first: tuple[int, ...],
+                    count: int | None = None) -> ValueError:
+    """The one-line error for a NaN/inf in `name`, naming where the first one is."""
+    where = ", ".join(f"{d} {i}" for d, i in zip(dims, first))
+    n = "" if count is None else f"{count} value(s), "
+    return ValueError(f"{who}: {name} holds NaN/inf ({n}first at {where}); {_NONFINITE_HINT}")
+
+
+def check_finite(t: torch.Tensor, who: str, name: str, dims: tuple[str, ...]) -> None:
+    """Raise `nonfinite_error` when `t` holds a NaN or ±inf (skipped while a graph is recorded)."""
+    if recording_graph():
+        return
+    ok = torch.isfinite(t)
+    if bool(ok.all()):
+        return
+    bad = ~ok
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    raise nonfinite_error(who, name, dims, first, int(bad.sum()))
 
 
 def check_dt(dt: torch.Tensor, shape: tuple[int, ...], who: str, name: str, spec: str) -> None:
@@ -64,6 +92,9 @@ def check_step(
     if h is not None and (not isinstance(h, torch.Tensor) or tuple(h.shape) != (b, units)):
         shape = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
         raise ValueError(f"{who}.step: h must have shape (batch={b}, units={units}), got {shape}")
+    check_finite(x, who + ".step", "x", ("batch", "feature"))
+    if h is not None:
+        check_finite(h, who + ".step", "h", ("batch", "neuron"))
     if dt is None:
         return torch.ones(b, 1, dtype=x.dtype, device=x.device)
     if isinstance(dt, (int, float)) and not isinstance(dt, bool):
@@ -108,3 +139,11 @@ def c_step_dt(x: torch.Tensor, h: torch.Tensor | None, dt, input_size: int, stat
             raise ValueError(f"{who}.step: dt must be finite and > 0, got {dt}")
         return d, None
     return 1.0, check_step(x, h, dt, input_size, state_size, who).contiguous()
+
+
+def raise_c_nonfinite(bad: int, B: int, F: int, N: int, who: str) -> None:
+    """Turn the C step's ``bad`` index (first NaN/inf: x (B,F) first, then h (B,N)) into an error."""
+    if bad < B * F:
+        raise nonfinite_error(who + ".step", "x", ("batch", "feature"), divmod(bad, F))
+    raise nonfinite_error(who + ".step", "h", ("batch", "neuron"), divmod(bad - B * F, N))
+

@@ -40,6 +40,7 @@ from policies._cellutil import (
     check_sequence,
     check_step,
     fits_state,
+    raise_c_nonfinite,
     recording_graph,
 )
 from policies.wiring import Wiring
@@ -381,7 +382,7 @@ class CfC(nn.Module):
                 n_hi=self.n_hi, n_row=self.n_row, n_col=self.n_col, n_val=keep[3],
                 A=keep[4] if pure else None, wt=keep[5] if pure else None,
                 perm_in=None if ident else self.state_in_index,
-                perm_out=None if ident else self.state_out_index, save=0, check=0)
+                perm_out=None if ident else self.state_out_index, save=0, check=1)
             y_lo = self.state_size - self.layer_sizes[-1] if (self.ncps_compat and self.wired) else 0
             fn = _ck.func("cfc_fwd", x.dtype, _ck.lanes_for(B))
             cache = (key, keep, (args, ctypes.byref(args), fn), y_lo, B)
@@ -394,6 +395,8 @@ class CfC(nn.Module):
         args.dts = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
         args.dt_s = dt
         fn(ref)
+        if args.bad >= 0:  # NaN/inf in x or h: refused before computing (check=1)
+            raise_c_nonfinite(args.bad, B, self.input_size, N, "CfC")
         return hout[:, y_lo:y_lo + self.output_size], hout
 
     def extra_repr(self) -> str:

@@ -34,6 +34,7 @@ from policies._cellutil import (
     check_sequence,
     check_step,
     fits_state,
+    raise_c_nonfinite,
     recording_graph,
 )
 from policies.wiring import Wiring
@@ -458,7 +459,7 @@ class LTC(nn.Module):
                 iw=d[0], ib=d[1], ssrc=self.sensory_src, sdst=self.sensory_dst, ssig=d[2],
                 sbz=d[3], swE=d[4], swp=d[5], a0=d[6], d0=d[7], cmK=d[8], src=self.src,
                 dst=self.dst, sig=d[9], bz=d[10], wE=d[11], wp=d[12], save=0,
-                M=self.output_size, ow=ow, ob=ob, check=0)
+                M=self.output_size, ow=ow, ob=ob, check=1)  # refuses NaN/inf in x and h
             fn = _ck.func("ltc_fwd", x.dtype, _ck.lanes_for(B))
             cache = (key, (d, ow, ob), (args, ctypes.byref(args), fn), B)
             self._step_cache = cache
@@ -471,6 +472,8 @@ class LTC(nn.Module):
         args.dt = None if dts is None else dts.data_ptr()  # (B, 1) per-sample elapsed times
         args.dt_s = dt
         fn(ref)
+        if args.bad >= 0:
+            raise_c_nonfinite(args.bad, B, self.input_size, self.state_size, "LTC")
         return y, hout
 
     def extra_repr(self) -> str:

@@ -66,6 +66,10 @@ class Policy(nn.Module):
         self.image_hw = cnn.image_hw
         # JSON description from which the factory rebuilds this policy (checkpoints).
         self.spec: dict[str, Any] = dict(spec or {"policy": name, "image_hw": list(cnn.image_hw)})
+        #: what `step` does with non-finite input: "raise" (default) or "hold" (see `step`)
+        self.nan_policy = "raise"
+        #: after `step`: None, or a (B,) bool tensor of the samples whose last action was held
+        self.held: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -201,7 +205,11 @@ class Policy(nn.Module):
             hx = self.initial_state(b)
         else:
             self._check_state(hx, b)
-        feats = self.cnn(frames).reshape(b, t, -1)
+        feats = self.cnn(frames)
+        ok = torch.isfinite(feats).all(1)
+        if not bool(ok.all()):
+            raise self._nonfinite(frames, ~ok, "forward", seq_len=t)
+        feats = feats.reshape(b, t, -1)
         steering, h, states = self._run(feats, hx, dt, return_states)
         if return_states:
             return steering, h, states
@@ -215,12 +223,24 @@ class Policy(nn.Module):
         return self.forward(images, hx, timespans, return_states=True)[2]
 
     @torch.no_grad()
-    def step(self, image: Any, h: State = None, dt: Any = None) -> tuple[torch.Tensor, State]:
+    def step(self, image: Any, h: State = None, dt: Any = None, *, nan_policy: str | None = None,
+             last_action: Any = None) -> tuple[torch.Tensor, State]:
         """One closed-loop control step: frame(s) (H,W,3) or (B,H,W,3) → steering (B,), state.
 
         ``dt`` is the real elapsed time in seconds since the previous frame (float or (B,));
-        None means one nominal interval (``time_unit_s``).
+        None means one nominal interval (``time_unit_s``). Samples are independent: a batched
+        step equals B single steps.
+
+        Non-finite input (a NaN/inf float frame, or CNN features that came out non-finite) is
+        handled by ``nan_policy`` (default: the ``nan_policy`` attribute, ``"raise"``):
+        ``"raise"`` refuses it with a ValueError naming the sample; ``"hold"`` returns
+        ``last_action`` (float or (B,), default 0) for the affected samples and leaves their
+        state unchanged, so a closed loop drives on as on a dropped frame. ``held`` then
+        tells which samples were held (docs/cells.md, "Non-finite input").
         """
+        policy = self.nan_policy if nan_policy is None else nan_policy
+        if policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
         x = _as_tensor(image, "image")
         if x.dim() == 3:
             x = x.unsqueeze(0)
@@ -247,7 +267,46 @@ class Policy(nn.Module):
             dt_units = self._time_units(ts.reshape(b, 1), b, 1)
         if not self.uses_time:
             dt_units = dt_scalar = None
-        return self._step(self.cnn(frames), h, dt_scalar if dt_units is None else dt_units[:, 0])
+        dt_core = dt_scalar if dt_units is None else dt_units[:, 0]
+        feats = self.cnn(frames)
+        ok = torch.isfinite(feats).all(1)
+        self.held = None
+        if bool(ok.all()):
+            return self._step(feats, h, dt_core)
+        bad = ~ok
+        if policy == "raise":
+            raise self._nonfinite(frames, bad, "step")
+        hold = self._last_action(last_action, b, feats)
+        steering, h_new = self._step(torch.where(bad[:, None], torch.zeros_like(feats), feats),
+                                     h, dt_core)
+        self.held = bad
+        return torch.where(bad, hold, steering), _keep_rows(h, h_new, bad)
+
+    def _nonfinite(self, frames: torch.Tensor, bad: torch.Tensor, where: str,
+                   seq_len: int | None = None) -> ValueError:
+        """The error for non-finite frames or CNN features; `bad` marks the flat frames (N,)."""
+        first = int(bad.nonzero()[0, 0])
+        at = (f"sample {first}" if seq_len is None
+              else "batch {}, time {}".format(*divmod(first, seq_len)))
+        frame_bad = frames.is_floating_point() and not bool(torch.isfinite(frames[first]).all())
+        what = ("image holds NaN/inf (float frames must be finite)" if frame_bad else
+                "CNN features are NaN/inf for a finite frame (are the weights finite?)")
+        return ValueError(f"{self.name}.{where}: {what} at {at} ({int(bad.sum())} frame(s)); "
+                          "the policy refuses non-finite input; in closed loop "
+                          "nan_policy='hold' keeps the last action instead")
+
+    @staticmethod
+    def _last_action(last_action: Any, b: int, like: torch.Tensor) -> torch.Tensor:
+        if last_action is None:
+            return like.new_zeros(b)
+        a = torch.as_tensor(np.asarray(last_action, dtype=np.float32)).to(like.device)
+        a = a.reshape(-1)
+        if a.numel() == 1:
+            a = a.expand(b)
+        if tuple(a.shape) != (b,) or not bool(torch.isfinite(a).all()):
+            raise ValueError(f"last_action must be a finite float or ({b},) steering values, "
+                             f"got shape {tuple(a.shape)}")
+        return a.to(like.dtype)
 
     def _step(self, feats: torch.Tensor, h: State,
               dt: float | torch.Tensor | None) -> tuple[torch.Tensor, State]:
@@ -303,6 +362,16 @@ class Policy(nn.Module):
             f"h{i}" for i in range(len(init)))
 
 
+NAN_POLICIES = ("raise", "hold")
+
+
+def _keep_rows(old: State, new: State, rows: torch.Tensor) -> State:
+    """`new` with the marked batch rows taken from `old` (a tensor or a tuple of tensors)."""
+    if isinstance(new, tuple):
+        return tuple(_keep_rows(o, n, rows) for o, n in zip(old, new))
+    return torch.where(rows.reshape(-1, *([1] * (new.dim() - 1))), old, new)
+
+
 def _describe(x: Any) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)}"
@@ -311,4 +380,4 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
-__all__ = ["Policy"]
+__all__ = ["NAN_POLICIES", "Policy"]

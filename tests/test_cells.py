@@ -474,3 +474,33 @@ def test_cfc_16_lane_kernels_equal_reference_output_and_every_gradient(mode, mon
         for t in range(5):
             y, v = m.step(x[:, t], v, ts[:, t])
             assert torch.allclose(v, fast[0][:, t], atol=1e-12)
+
+
+# ------------------------------------------------------- non-finite input (issue 12 item 11)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("cls", [LTC, CfC])
+def test_nonfinite_input_is_refused_on_every_path(cls, value) -> None:
+    """One NaN feature used to leave 13/19 LTC or 19/19 CfC neurons NaN for good, and CfC turned
+    ±inf into NaN (inf × a masked 0 weight); now every path refuses it and says where."""
+    w = Wiring.ncp(seed=0)
+    m = cls(w, seed=0)
+    x = torch.randn(3, 4, 32)
+    x[2, 1, 7] = value
+    for fused in (True, False):
+        m.fused = fused
+        with pytest.raises(ValueError, match=r"x holds NaN/inf \(1 value\(s\), first at batch 2, time 1, feature 7\)"):
+            m(x)
+        with torch.no_grad(), pytest.raises(ValueError, match="x holds NaN/inf .*batch 2, feature 7"):
+            m.step(x[:, 1], None, 0.5)  # the C step (fused) or the PyTorch step
+        with pytest.raises(ValueError, match="x holds NaN/inf .*batch 2, feature 7"):
+            m.step(x[:, 1], None, torch.full((3,), 0.5))  # with autograd on: the PyTorch step
+    m.fused = True
+    h = torch.zeros(3, w.units)
+    h[0, 4] = value
+    with pytest.raises(ValueError, match="hx holds NaN/inf"):
+        m(x[:, :1].nan_to_num(0.0), h)
+    with torch.no_grad(), pytest.raises(ValueError, match="h holds NaN/inf .*batch 0, neuron 4"):
+        m.step(torch.zeros(3, 32), h, 0.5)
+    with torch.no_grad():  # large but finite input stays finite
+        y, hl = m(torch.full((2, 3, 32), 1e30))
+    assert bool(torch.isfinite(y).all()) and bool(torch.isfinite(hl).all())

@@ -284,3 +284,58 @@ def test_a_core_without_the_protocol_is_refused():
 
     with pytest.raises(ValueError, match="policies.core.Core"):
         Policy("x", PerceptionCNN(HW), torch.nn.GRU(32, 8), torch.nn.Linear(8, 1), uses_time=False)
+
+
+# ------------------------------------------------------- batched steps, non-finite input
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_batched_step_equals_single_steps(policies, name):
+    """Lock-step batched evaluation: a (B,H,W,3) step with per-sample dt (B,) equals B steps."""
+    p = policies[name]
+    B = 4
+    x = frames(B, 3, seed=11)
+    dts = torch.tensor([[0.1, 0.05, 0.3, 0.12], [0.2, 0.1, 0.1, 0.07], [0.1, 0.4, 0.05, 0.1]])
+    hb = p.initial_state(B)
+    hs = [p.initial_state(1) for _ in range(B)]
+    for t in range(3):
+        sb, hb = p.step(x[:, t], hb, dt=dts[t])
+        for i in range(B):
+            si, hs[i] = p.step(x[i, t], hs[i], dt=float(dts[t, i]))
+            assert torch.allclose(sb[i:i + 1], si, atol=1e-5), (t, i)
+    flat = lambda s, i: torch.cat([v[i].reshape(-1) for v in s]) if isinstance(s, tuple) else s[i]  # noqa: E731
+    for i in range(B):
+        assert torch.allclose(flat(hb, i), flat(hs[i], 0), atol=1e-5)
+
+
+def _whitened(x):
+    from policies.cnn import whiten
+
+    return whiten(x.permute(0, 3, 1, 2).float())
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_nonfinite_frames_raise_or_hold_the_last_action(policies, name):
+    """Issue 12 item 11: NaN frames used to pass through and give NaN steering."""
+    p = policies[name]
+    x = frames(3, 2, seed=12)
+    h0 = p.initial_state(3)
+    s1, h1 = p.step(x[:, 0], h0, dt=0.1)
+    bad = _whitened(x[:, 1])
+    bad[1, 2, 5, 7] = math.nan
+    with pytest.raises(ValueError, match=r"image holds NaN/inf .* at sample 1"):
+        p.step(bad, h1, dt=0.1)
+    with pytest.raises(ValueError, match=r"at batch 1, time 0"):
+        p(bad.unsqueeze(1))
+    good, good_h = p.step(_whitened(x[:, 1]), h1, dt=0.1)
+    s2, h2 = p.step(bad, h1, dt=0.1, nan_policy="hold", last_action=s1)
+    assert p.held.tolist() == [False, True, False]
+    assert torch.equal(s2[1], s1[1])  # the held sample repeats its last action
+    assert torch.allclose(s2[[0, 2]], good[[0, 2]], atol=1e-6)  # the others drive on
+    rows = lambda s, i: [v[i] for v in s] if isinstance(s, tuple) else [s[i]]  # noqa: E731
+    for a, b in zip(rows(h2, 1), rows(h1, 1)):
+        assert torch.equal(a, b)  # and keeps its state
+    for a, b in zip(rows(h2, 0), rows(good_h, 0)):
+        assert torch.allclose(a, b, atol=1e-6)
+    p.step(x[:, 1], h1, dt=0.1)
+    assert p.held is None
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        p.step(x[:, 1], h1, dt=0.1, nan_policy="ignore")
