@@ -128,6 +128,36 @@ def test_tub_rerun_resumes_and_crlf_catalogs(tmp_path, drive):
     assert len(Dataset(tmp_path / "ds")) == 3
 
 
+def test_killed_import_keeps_committed_episodes_and_rerun_completes(tmp_path, drive, monkeypatch):
+    from driving.dataset import DatasetWriter
+
+    frames, steer = drive
+    write_tub(tmp_path / "tub", frames, steer, T0_MS + np.arange(len(frames)) * 50)
+    opts = _opts(max_episode_frames=12)  # four episodes of 12 frames
+    real = DatasetWriter.append_episode
+    calls = {"n": 0}
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed while writing the third episode
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(DatasetWriter, "append_episode", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_import("donkeycar", tmp_path / "tub", tmp_path / "ds", opts, progress=False)
+    assert len(Dataset(tmp_path / "ds")) == 2
+    monkeypatch.setattr(DatasetWriter, "append_episode", real)
+    s = run_import("donkeycar", tmp_path / "tub", tmp_path / "ds", opts, progress=False)
+    assert s["episodes_written"] == 2 and s["skipped"]["already_imported"]["count"] == 24
+    ds = Dataset(tmp_path / "ds")
+    firsts = sorted(e.meta["origin"]["first_record"] for e in ds.episodes)
+    assert firsts == [0, 12, 24, 36]
+    order = np.argsort([e.meta["origin"]["first_record"] for e in ds.episodes])
+    np.testing.assert_array_equal(np.concatenate([ds.steps(int(i), "steering") for i in order]),
+                                  steer.astype(np.float32))
+
+
 def test_folder_of_tubs_and_v1_tub_message(tmp_path, drive, capsys):
     frames, steer = drive
     write_tub(tmp_path / "data" / "tub_1", frames[:20], steer[:20], T0_MS + np.arange(20) * 50)
@@ -163,6 +193,22 @@ def test_udacity_round_trip_windows_paths_no_header_side_cameras(tmp_path, drive
     np.testing.assert_allclose(ds.steps(by_cam["center"], "dt_s"), 0.1, atol=2e-3)  # ms stamps
     np.testing.assert_allclose(ds.steps(by_cam["center"], "speed"), 4.4704, rtol=1e-6)
     np.testing.assert_array_equal(ds.frames(by_cam["left"]), _jpeg(left))
+
+
+def test_udacity_names_without_stamps_need_rate(tmp_path, drive, capsys):
+    frames, steer = drive
+    log = write_udacity(tmp_path / "run", frames[:20], steer[:20], 1.7e9 + np.arange(20) * 0.1)
+    old = sorted((tmp_path / "run" / "IMG").iterdir())  # rename the images to plain numbers
+    names = [f"{k:04d}.jpg" for k in range(len(old))]
+    for p, n in zip(old, names):
+        p.rename(p.with_name(n))
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join([rows[0]] + [f"IMG/{n}" + r[r.index(","):] for n, r in zip(names, rows[1:])]) + "\n")
+    line = _one_line_exit_2(["import", "--format", "udacity", str(log), "--out", str(tmp_path / "o")], capsys)
+    assert "--rate HZ" in line
+    s = run_import("udacity", log, tmp_path / "o", _opts(), progress=False, rate_hz=15.0)
+    assert s["frames_written"] == 20
+    np.testing.assert_allclose(Dataset(tmp_path / "o").steps(0, "dt_s"), 1 / 15, rtol=1e-6)
 
 
 def test_udacity_csv_without_named_columns_exit_2(tmp_path, drive, capsys):
