@@ -10,11 +10,20 @@ Elapsed time: callers pass real seconds (``timespans`` (B,T), ``dt``). Cores tha
 interval, 0.1 s by default), so a frame on schedule is Δt = 1 — the scale the cells'
 initialisations are made for — and a dropped frame is Δt = 2. Without timespans every step
 is one nominal interval. LSTM, GRU and the feed-forward CNN ignore time.
+
+Device and precision: a policy runs where its parameters are (``policy.to(resolve_device(
+"auto"))``; CPU is the default and what the tests cover; the C kernels of the liquid cells are
+CPU-only, so on CUDA the cells take their PyTorch path). Frames are moved to that device;
+`step` returns steering on it. ``policy.set_precision("bf16")`` (or ``with
+policy.autocast("bf16")``) runs the CNN under bf16 autocast where the hardware has native
+bf16 (`supports_bf16`); the recurrent core always gets float32 features and stays float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,6 +75,8 @@ class Policy(nn.Module):
         self.image_hw = cnn.image_hw
         # JSON description from which the factory rebuilds this policy (checkpoints).
         self.spec: dict[str, Any] = dict(spec or {"policy": name, "image_hw": list(cnn.image_hw)})
+        #: "fp32" or "bf16" (CNN autocast only), see `set_precision`
+        self.precision = "fp32"
         #: what `step` does with non-finite input: "raise" (default) or "hold" (see `step`)
         self.nan_policy = "raise"
         #: after `step`: None, or a (B,) bool tensor of the samples whose last action was held
@@ -163,6 +174,48 @@ class Policy(nn.Module):
             raise ValueError("timespans must be finite and > 0 seconds (found NaN/inf/zero/negative)")
         return ts.to(self.cnn.head_weight.device, torch.float32) / self.time_unit_s
 
+    # ------------------------------------------------------------------ device, precision
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's parameters live (move it with ``policy.to(device)``)."""
+        return self.cnn.head_weight.device
+
+    def set_precision(self, precision: str) -> Policy:
+        """``"fp32"`` (default) or ``"bf16"``: autocast of the CNN only (the cores stay fp32).
+
+        bf16 is refused where the device has no native bf16 (`supports_bf16`): emulated bf16
+        is slower than fp32 and would only lose accuracy.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16" and not supports_bf16(self.device):
+            raise ValueError(f"precision 'bf16' is not supported natively on {self.device} "
+                             f"(available: {', '.join(available_precisions(self.device))})")
+        self.precision = precision
+        return self
+
+    @contextlib.contextmanager
+    def autocast(self, precision: str = "bf16") -> Iterator[Policy]:
+        """``with policy.autocast("bf16"): ...`` — `set_precision` for the block only."""
+        before = self.precision
+        self.set_precision(precision)
+        try:
+            yield self
+        finally:
+            self.precision = before
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """CNN features (N, F) in float32, the CNN under bf16 autocast when ``precision`` says so.
+
+        The liquid cores integrate small differences over many unfolds, so they always get
+        float32 features and run in float32.
+        """
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                feats = self.cnn(frames)
+            return feats.float()
+        return self.cnn(frames)
+
     # ------------------------------------------------------------------ compute
     def steer(self, out: torch.Tensor) -> torch.Tensor:
         """Steering in [−1, 1] from the core's output (…, F): readout, then tanh (module doc).
@@ -205,7 +258,7 @@ class Policy(nn.Module):
             hx = self.initial_state(b)
         else:
             self._check_state(hx, b)
-        feats = self.cnn(frames)
+        feats = self.features(frames)
         ok = torch.isfinite(feats).all(1)
         if not bool(ok.all()):
             raise self._nonfinite(frames, ~ok, "forward", seq_len=t)
@@ -268,7 +321,7 @@ class Policy(nn.Module):
         if not self.uses_time:
             dt_units = dt_scalar = None
         dt_core = dt_scalar if dt_units is None else dt_units[:, 0]
-        feats = self.cnn(frames)
+        feats = self.features(frames)
         ok = torch.isfinite(feats).all(1)
         self.held = None
         if bool(ok.all()):
@@ -363,6 +416,57 @@ class Policy(nn.Module):
 
 
 NAN_POLICIES = ("raise", "hold")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def supports_bf16(device: str | torch.device = "cpu") -> bool:
+    """True where bf16 runs natively: a CPU with AVX512-BF16 or AMX, or a CUDA GPU with bf16.
+
+    (PyTorch also runs bf16 on other CPUs by emulation, slower than fp32: that is a False.)
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            fn = getattr(cpu, probe, None)
+            if fn is not None and bool(fn()):
+                return True
+    return False
+
+
+def available_precisions(device: str | torch.device = "cpu") -> tuple[str, ...]:
+    return PRECISIONS if supports_bf16(device) else ("fp32",)
+
+
+def available_devices() -> tuple[str, ...]:
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def resolve_device(spec: str | torch.device = "cpu") -> torch.device:
+    """``cpu`` | ``cuda`` (``cuda:N``) | ``auto`` (CUDA when available) → a torch.device.
+
+    A CUDA request without CUDA is a ValueError that says what is available.
+    """
+    text = str(spec)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"device must be one of {DEVICES} (or cuda:N), got {text!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of {DEVICES} (or cuda:N), got {text!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {text!r} requested but CUDA is not available here "
+                             f"(torch {torch.__version__}); available: "
+                             f"{', '.join(available_devices())}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _keep_rows(old: State, new: State, rows: torch.Tensor) -> State:
@@ -380,4 +484,5 @@ def _describe(x: Any) -> str:
     return type(x).__name__
 
 
-__all__ = ["NAN_POLICIES", "Policy"]
+__all__ = ["DEVICES", "NAN_POLICIES", "PRECISIONS", "Policy", "available_devices",
+           "available_precisions", "resolve_device", "supports_bf16"]

@@ -339,3 +339,81 @@ def test_nonfinite_frames_raise_or_hold_the_last_action(policies, name):
     assert p.held is None
     with pytest.raises(ValueError, match="nan_policy must be one of"):
         p.step(x[:, 1], h1, dt=0.1, nan_policy="ignore")
+
+
+# ------------------------------------------------------- device and bf16 (issue 14)
+def test_supports_bf16_and_resolve_device_follow_torch():
+    from policies.policy import available_precisions, resolve_device, supports_bf16
+
+    cpu_native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert supports_bf16("cpu") is cpu_native
+    assert available_precisions("cpu") == (("fp32", "bf16") if cpu_native else ("fp32",))
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert supports_bf16("cuda") is False
+        with pytest.raises(ValueError, match="CUDA is not available here.*available: cpu"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["ncp-ltc", "ncp-cfc", "lstm", "cnn"])
+def test_bf16_autocast_is_for_the_cnn_only(policies, name, monkeypatch):
+    from policies import policy as policy_mod
+
+    monkeypatch.setattr(policy_mod, "supports_bf16", lambda device="cpu": True)  # emulated is fine here
+    p = policies[name]
+    x = frames(2, 3, seed=13)
+    seen = {}
+    p.cnn.conv_layers[0].register_forward_hook(lambda m, i, o: seen.__setitem__("conv", o.dtype))
+    if p.core is not None:
+        real = p.core.step
+        monkeypatch.setattr(p.core, "step", lambda f, h, dt: (seen.__setitem__("core", f.dtype), real(f, h, dt))[1])
+    with torch.no_grad():
+        ref, _ = p(x)
+        s32, _ = p.step(x[:, 0], None, dt=0.1)
+        assert seen["conv"] == torch.float32
+        with p.autocast("bf16"):
+            assert p.precision == "bf16"
+            s16, _ = p.step(x[:, 0], None, dt=0.1)
+            assert seen["conv"] == torch.bfloat16
+            seq16, _ = p(x)
+        assert p.precision == "fp32"
+    assert s16.dtype == torch.float32
+    if p.core is not None:
+        assert seen["core"] == torch.float32  # the liquid cores stay fp32
+    assert float((s16 - s32).abs().max()) < 0.05 and float((seq16 - ref).abs().max()) < 0.05
+    p._forward_hooks.clear()
+    p.cnn.conv_layers[0]._forward_hooks.clear()
+
+
+def test_bf16_is_refused_where_not_native(monkeypatch):
+    from policies import policy as policy_mod
+
+    monkeypatch.setattr(policy_mod, "supports_bf16", lambda device="cpu": False)
+    p = build_policy("ncp-cfc", image_hw=HW)
+    with pytest.raises(ValueError, match="not supported natively.*available: fp32"):
+        p.set_precision("bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        p.set_precision("fp16")
+    assert p.precision == "fp32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine (CPU-only torch)")
+@pytest.mark.parametrize("name", ["ncp-ltc", "ncp-cfc", "lstm", "ctrnn", "cnn"])
+def test_policy_on_cuda_equals_cpu(name):
+    p = build_policy(name, image_hw=HW, seed=3)
+    q = build_policy(name, image_hw=HW, seed=3).to("cuda")
+    assert q.device.type == "cuda"
+    x = frames(2, 3, seed=14)
+    ts = torch.full((2, 3), 0.1)
+    s_cpu, _ = p(x, timespans=ts)
+    s_gpu, _ = q(x, timespans=ts)  # frames follow the policy's device
+    assert s_gpu.device.type == "cuda"
+    assert torch.allclose(s_cpu, s_gpu.cpu(), atol=1e-4)
+    s_gpu.sum().backward()
+    with torch.no_grad():
+        a, _ = p.step(x[:, 0], None, dt=torch.tensor([0.1, 0.2]))
+        b, _ = q.step(x[:, 0].numpy(), None, dt=torch.tensor([0.1, 0.2]))
+    assert torch.allclose(a, b.cpu(), atol=1e-4)
