@@ -394,7 +394,30 @@ def update_results_section(results_md: Path, page: Path, p: Protocol, s: dict[st
              f"- Cells finished: {s['cells_done']} of {s['cells_planned']}"
              + (" (the sweep has not run yet: the v1 tables below are the only published numbers)."
                 if s["cells_done"] == 0 else "."), ""]
-    block += [f"- {x}" for x in findings(p, s)] + ["", V2_END]
+    block += [f"- {x}" for x in findings(p, s)]
+    block += ["", "**Corrections to the v1 page below** (measured by the same command):", ""]
+    par = {r["policy"]: r for r in s["parameters"]}
+    if "ncp-cfc" in par and "ncp-ltc" in par:
+        c, lt = par["ncp-cfc"], par["ncp-ltc"]
+        full = par.get("ncp-full")
+        block.append(f"- The CfC cores' {c['core_storage']:,} parameters are *storage*: the wired "
+                     f"CfC keeps dense matrices and masks absent synapses. Effective counts: NCP-CfC "
+                     f"{c['core_effective']:,}, NCP-LTC {lt['core_effective']:,} (both cells have 4 "
+                     "parameters per synapse)"
+                     + (f"; ncp-full {full['core_effective']:,}, so v1's wiring ablation also "
+                        "changed the parameter count." if full else "."))
+    if s["noise"]:
+        r = s["noise"]
+        block.append("- Noise σ² 0.1 / 0.2 / 0.3 is nominal: after clipping to [0, 1] the realised "
+                     "error variance is " + " / ".join(f"{x['realised_variance']:.3f}" for x in r)
+                     + " (" + " / ".join(f"{100 * x['saturated_share']:.0f}" for x in r)
+                     + " % of pixels saturated), measured on rendered test-road frames.")
+    block.append("- v1's \"an NCP is best in 8 of 12\" counts conditions where every policy tied; "
+                 "v2 counts wins, ties and losses per (seed, road) cell with ties named.")
+    block.append("- v1's `ncp-random` / `ncp-full` are one layer of 19 neurons: their CfC reads only "
+                 "previous-frame states, a different update schedule from the NCP's; v2's "
+                 "`cfc-random` / `cfc-full` / `ltc-random` / `ltc-full` keep the NCP's schedule.")
+    block += ["", V2_END]
     text = results_md.read_text() if results_md.is_file() else "# Results\n"
     if V2_BEGIN in text and V2_END in text:
         head, rest = text.split(V2_BEGIN, 1)
