@@ -8,11 +8,14 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="from nothing to a driving, explained agent (≤ 15 min on 2 cores)",
+        help="from nothing to a driving, explained agent judged on roads it never saw (≤ 10 min on 2 cores)",
         description=(
-            "Record expert drives on the racetrack, train an NCP-CfC agent (behaviour cloning, "
-            "then DAgger), evaluate it clean and under fog, rain and noise beside the expert, and "
-            "render an explanatory video in fog. Rerunning with the same --out resumes."
+            "Record expert drives on RandomRoad-v0 (train split), train an NCP-CfC agent "
+            "(behaviour cloning with burn-in windows, then DAgger), evaluate it with the strict "
+            "intervention rule on the held-out test roads and on Racetrack-v0 and LaneKeeping-v0 "
+            "(never trained on), clean and under fog, rain, noise, snow, night and glare at two "
+            "severities plus dropped frames and jitter, print the held-out table, and render an "
+            "explanatory video in fog. Rerunning with the same --out resumes."
         ),
     )
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
