@@ -67,14 +67,16 @@ class LSTMCore(_StatesAreOutputs, nn.Module):
         y, (h, c) = self.rnn(x, (hx[0].unsqueeze(0), hx[1].unsqueeze(0)))
         return y, (h[0], c[0])
 
-    def step(self, x, h=None, dt=None):
+    def step(self, x: torch.Tensor, h: tuple[torch.Tensor, torch.Tensor] | None = None,
+             dt: float | torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """One frame (B,F) → ((B,units), (h, c)); ``dt`` is validated and ignored."""
         _check_input(x, self.input_dim, "LSTM")
         step_dt(x, dt, "LSTM")
         y, hc = self.forward(x.unsqueeze(1), h)
         return y[:, 0], hc
 
-    def step_exportable(self, x, h, dt):
+    def step_exportable(self, x: torch.Tensor, h: tuple[torch.Tensor, torch.Tensor],
+                        dt: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         y, (hn, cn) = self.rnn(x.unsqueeze(1), (h[0].unsqueeze(0), h[1].unsqueeze(0)))
         return y[:, 0], (hn[0], cn[0])
 
@@ -102,14 +104,16 @@ class GRUCore(_StatesAreOutputs, nn.Module):
         y, h = self.rnn(x, hx.unsqueeze(0))
         return y, h[0]
 
-    def step(self, x, h=None, dt=None):
+    def step(self, x: torch.Tensor, h: torch.Tensor | None = None,
+             dt: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame (B,F) → ((B,units), h); ``dt`` is validated and ignored."""
         _check_input(x, self.input_dim, "GRU")
         step_dt(x, dt, "GRU")
         y, hn = self.forward(x.unsqueeze(1), h)
         return y[:, 0], hn
 
-    def step_exportable(self, x, h, dt):
+    def step_exportable(self, x: torch.Tensor, h: torch.Tensor,
+                        dt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         y, hn = self.rnn(x.unsqueeze(1), h.unsqueeze(0))
         return y[:, 0], hn[0]
 
@@ -175,7 +179,8 @@ class CTRNN(_StatesAreOutputs, nn.Module):
             ys.append(h)
         return torch.stack(ys, dim=1), h
 
-    def step(self, x, h=None, dt=None):
+    def step(self, x: torch.Tensor, h: torch.Tensor | None = None,
+             dt: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame (B,F) → ((B,units), h); ``dt`` None, a float or (B,) in time units."""
         _check_input(x, self.input_dim, "CT-RNN")
         b = int(x.shape[0])
@@ -185,7 +190,8 @@ class CTRNN(_StatesAreOutputs, nn.Module):
         hn = self._frame(self.input_map(x), h, self._alpha(d, b, 1)[:, 0])
         return hn, hn
 
-    def step_exportable(self, x, h, dt):
+    def step_exportable(self, x: torch.Tensor, h: torch.Tensor,
+                        dt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         hn = self._frame(self.input_map(x), h, self._alpha(dt, int(x.shape[0]), 1)[:, 0])
         return hn, hn
 

@@ -125,7 +125,7 @@ def _child(name: str, repeats: int) -> dict[str, Any]:
     if name.startswith("ours"):
         from policies import _ckernel
 
-        out["kernel"] = "C (compiled at first use)" if _ckernel.lib() is not None else "pure PyTorch"
+        out["kernel"] = ("C: " if _ckernel.lib() is not None else "pure PyTorch: ") + _ckernel.status()
     return out
 
 
