@@ -116,6 +116,17 @@ class Policy(nn.Module):
             return self.readout.out.weight.new_zeros(batch, 0)
         return self.core.initial_state(batch)
 
+    def reset_state(self, h: State, rows: Any) -> State:
+        """`h` with the marked batch rows back at the initial state (episodes that ended and
+        are refilled in lock-step batched evaluation); ``rows`` is a (B,) bool mask."""
+        b = int((h[0] if isinstance(h, (tuple, list)) else h).shape[0])
+        self._check_state(h, b)
+        mask = torch.as_tensor(np.asarray(rows, dtype=bool)).reshape(-1)
+        if tuple(mask.shape) != (b,):
+            raise ValueError(f"rows must be a ({b},) bool mask, got shape {tuple(mask.shape)}")
+        h = tuple(h) if isinstance(h, list) else h
+        return _keep_rows(h, self.initial_state(b), ~mask.to(self.device))  # others keep h
+
     def _check_state(self, hx: State, batch: int) -> None:
         """The state must have the structure of `initial_state(batch)` (a tensor or a tuple)."""
         size = self.state_size

@@ -417,3 +417,18 @@ def test_policy_on_cuda_equals_cpu(name):
         a, _ = p.step(x[:, 0], None, dt=torch.tensor([0.1, 0.2]))
         b, _ = q.step(x[:, 0].numpy(), None, dt=torch.tensor([0.1, 0.2]))
     assert torch.allclose(a, b.cpu(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ncp-ltc", "ncp-cfc", "lstm", "cnn", "lstm-ema"])
+def test_reset_state_restarts_only_the_marked_rows(policies, name):
+    p = policies[name]
+    x = frames(3, 1, seed=15)[:, 0]
+    _, h = p.step(x, None, dt=0.1)
+    r = p.reset_state(h, [False, True, False])
+    fresh = p.initial_state(3)
+    rows = lambda s, i: [v[i] for v in s] if isinstance(s, tuple) else [s[i]]  # noqa: E731
+    for i in range(3):
+        for a, b, c in zip(rows(r, i), rows(h, i), rows(fresh, i)):
+            assert torch.equal(a, c if i == 1 else b)
+    with pytest.raises(ValueError, match=r"rows must be a \(3,\) bool mask"):
+        p.reset_state(h, [True])
