@@ -26,6 +26,16 @@ from gymnasium import spaces
 from highway_env.road.road import Road
 from highway_env.vehicle.kinematics import Vehicle
 
+from envs.appearance import (
+    APPEARANCE_RANGES,
+    Appearance,
+    appearance_seed_for,
+    check_split,
+    sample_appearance,
+    seed_in_split,
+    split_combinations,
+    validate_options,
+)
 from envs.camera import CameraSpec, DashcamRenderer
 from envs.contract import lane_invasion
 from envs.expert import pure_pursuit
@@ -99,8 +109,10 @@ def _base_config() -> dict[str, Any]:
         "traffic_oncoming": False,
         "dart_noise": 0.0,  # std of Gaussian noise on the *executed* steering (label unchanged)
         "expert": {"lookahead_time_s": 0.45, "lookahead_min_m": 4.0},
-        "lane_width_m": None,  # None = the track's default
-        "split": None,  # RandomRoad: "train" | "test"
+        "lane_width_m": None,  # None: random roads draw it (appearance lane_width_m), tracks keep theirs
+        "split": None,  # "train" | "test": appearance combinations and seeds (and RandomRoad's roads)
+        "appearance": {},  # appearance options over envs.appearance.default_appearance_options()
+        "appearance_seed": None,  # pin one look (must belong to the split); None = drawn per episode
     }
 
 
@@ -176,6 +188,8 @@ class DashcamDrivingEnv(gym.Env):
         self.track: Track | None = None
         self.renderer: DashcamRenderer | None = None
         self._static_track: Track | None = None
+        self.appearance: Appearance | None = None  # this episode's look (None: randomize=False)
+        self.episode_camera: CameraSpec = self.camera_spec  # with this episode's mount variation
         if cfg["track"] != "random":
             self._make_track(np.random.default_rng(0))  # bad track/track_kwargs fail here, at make
 
@@ -200,9 +214,26 @@ class DashcamDrivingEnv(gym.Env):
             raise ValueError(f"config dynamics must be 'kinematic' or 'dynamic', got {c['dynamics']!r}")
         if not 0 < float(c["max_steering_deg"]) < 90:
             raise ValueError(f"config max_steering_deg must be in (0, 90), got {c['max_steering_deg']!r}")
+        check_split(c["split"])
+        if not isinstance(c["appearance"], dict):
+            raise ValueError(f"config appearance must be a dict of appearance options, got {c['appearance']!r}")
+        opts = validate_options(c["appearance"])
+        split_combinations(c["split"], opts)  # a split left empty by the options fails here
+        lw = c["lane_width_m"]
+        if lw is not None:
+            lo, hi = APPEARANCE_RANGES["lane_width_m"]
+            if isinstance(lw, bool) or not isinstance(lw, (int, float)) or not lo <= float(lw) <= hi:
+                raise ValueError(f"config lane_width_m must be None or in [{lo:g}, {hi:g}] m, got {lw!r}")
+        a = c["appearance_seed"]
+        if a is not None:
+            if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 0:
+                raise ValueError(f"config appearance_seed must be None or an integer >= 0, got {a!r}")
+            if not seed_in_split(int(a), c["split"]):
+                raise ValueError(f"appearance_seed {a} is not in the {c['split']} split: train looks have "
+                                 "even seeds, test looks odd seeds")
 
-    def _make_track(self, rng: np.random.Generator) -> Track:
-        """The track of the next episode (static tracks are built once)."""
+    def _make_track(self, rng: np.random.Generator, appearance: Appearance | None = None) -> Track:
+        """The track of the next episode (static tracks are built once, with their own lane width)."""
         if self._static_track is None:
             kw = dict(self.config["track_kwargs"])
             if self.config["lane_width_m"] is not None:
@@ -214,12 +245,27 @@ class DashcamDrivingEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         rng = self.np_random
-        track = self._make_track(rng)
+        cfg = self.config
+        app = None
+        if cfg["randomize"]:
+            seed_a = cfg["appearance_seed"]
+            seed_a = appearance_seed_for(rng, cfg["split"]) if seed_a is None else int(seed_a)
+            app = sample_appearance(seed_a, cfg["split"], cfg["appearance"])
+        self.appearance = app
+        track = self._make_track(rng, app)
         self.track = track
-        self.scenery = sample_scenery(track, rng, randomize=bool(self.config["randomize"]),
-                                      object_density=float(self.config["object_density"]),
-                                      shadows=bool(self.config["shadows"]))
-        self.renderer = DashcamRenderer(track, self.scenery, self.camera_spec)
+        # the look comes from the appearance seed alone (with the track), not the episode seed
+        scene_rng = np.random.default_rng([app.seed, 1]) if app is not None else rng
+        self.scenery = sample_scenery(track, scene_rng, randomize=bool(cfg["randomize"]),
+                                      object_density=float(cfg["object_density"]),
+                                      shadows=bool(cfg["shadows"]), appearance=app)
+        spec = self.camera_spec
+        if app is not None:  # camera mount variation of this episode
+            spec = dataclasses.replace(spec, height_m=spec.height_m + app.camera_height_offset_m,
+                                       pitch_deg=spec.pitch_deg + app.camera_pitch_offset_deg,
+                                       roll_deg=spec.roll_deg + app.camera_roll_deg)
+        self.episode_camera = spec
+        self.renderer = DashcamRenderer(track, self.scenery, spec)
         self.road = Road(network=track.network, vehicles=[], np_random=np.random.RandomState(
             int(rng.integers(2**31))), record_history=False)
         # random start pose (seeded)

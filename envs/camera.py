@@ -5,17 +5,21 @@ gives a CPU first-person camera without a server. The world is flat, so:
 
 * the ground is a plane and world -> image is a homography: lane surfaces and markings
   are world polygons, clipped against the near plane and projected in one numpy pass;
-* the depth of a ground pixel depends only on its row (the camera has pitch but no roll),
-  so the ground depth image is precomputed; objects overwrite their pixels.
+* the depth of a ground pixel depends only on the pixel (the camera is rigid on a flat
+  world), so the ground depth image is precomputed; objects overwrite their pixels;
+* roll (a camera mount turned about its optical axis) rotates every projected point about
+  the principal point; the background and its depth are precomputed rotated.
 
 Depth is planar (distance along the optical axis, metres), the convention of CARLA's
 depth camera, so both backends agree; the sky (and the distant hills) get `sky_depth_m`.
 
 Drawing rules: a road surface of a closed loop is drawn as two contours (outer and inner
 edge) in one `cv2.fillPoly` call, whose even-odd rule makes the annulus; disjoint pieces
-(dashes, shadow bands) share one call; touching pieces are never batched together (even-odd
-would hollow their shared edges), and single convex shapes use `fillConvexPoly`. All colour
-drawing is anti-aliased with 4 bits of sub-pixel precision. Images are RGB.
+(dashes, patches, cracks, parallel lines of one colour) share one call; touching or
+overlapping pieces are never batched together (even-odd would hollow their shared parts):
+shoulder bands, each drawn before the road that covers their inner part, get one call each,
+and shadows, which overlap one another, one `fillConvexPoly` each. All colour drawing is
+anti-aliased with 4 bits of sub-pixel precision. Images are RGB.
 """
 
 from __future__ import annotations
@@ -25,15 +29,25 @@ from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
-from highway_env.road.lane import LineType
 
-from envs.scenery import BUSH, TREE, Scenery, _mix
-from envs.tracks import STRIPE_LENGTH_M, STRIPE_PERIOD_M, Track
+from envs.scenery import (
+    BUILDING,
+    BUSH,
+    POLE,
+    POST,
+    ROCK,
+    SHADOW_VERTS,
+    TREE,
+    LineSpec,
+    Scenery,
+    default_lines,
+)
+from envs.tracks import Track
 
 SHIFT = 4
 ONE = 1 << SHIFT
-LINE_WIDTH_M = 0.15
 VEHICLE_HEIGHT_M = 1.5
+MAX_ROLL_DEG = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class CameraSpec:
     fov_deg: float = 60.0
     height_m: float = 1.3
     pitch_deg: float = 4.0
+    roll_deg: float = 0.0  # about the optical axis, + = clockwise seen from behind the camera
     forward_m: float = 0.8
     near_m: float = 0.8
     sky_depth_m: float = 1000.0
@@ -65,6 +80,9 @@ class CameraSpec:
             raise ValueError(f"camera height_m must be > 0 (above the ground), got {self.height_m!r}")
         if not (-45.0 < float(self.pitch_deg) < 60.0):
             raise ValueError(f"camera pitch_deg must lie in (-45, 60) degrees, got {self.pitch_deg!r}")
+        if not (-MAX_ROLL_DEG <= float(self.roll_deg) <= MAX_ROLL_DEG):
+            raise ValueError(f"camera roll_deg must lie in [-{MAX_ROLL_DEG:g}, {MAX_ROLL_DEG:g}] degrees, "
+                             f"got {self.roll_deg!r}")
         if not float(self.near_m) > 0:
             raise ValueError(f"camera near_m must be > 0, got {self.near_m!r}")
 
@@ -134,6 +152,9 @@ def _clip_fr(f: np.ndarray, r: np.ndarray, fmin: float) -> tuple[np.ndarray, np.
 class DashcamRenderer:
     """Renders (RGB uint8 (H,W,3), depth float32 (H,W)) for an ego pose on one track."""
 
+    # groups of the small ground polygons (`_small`), drawn in this order after the road
+    G_SHADOW, G_PATCH, G_CRACK, G_DASH = 0, 1, 2, 3  # dashes: G_DASH + colour index
+
     def __init__(self, track: Track, scenery: Scenery, spec: CameraSpec) -> None:
         self.track, self.scenery, self.spec = track, scenery, spec
         H, W = spec.height, spec.width
@@ -142,89 +163,162 @@ class DashcamRenderer:
         th = np.deg2rad(spec.pitch_deg)
         self.ct, self.st = float(np.cos(th)), float(np.sin(th))
         self.h = float(spec.height_m)
+        roll = np.deg2rad(float(spec.roll_deg))
+        self._roll = roll != 0.0
+        self._rc, self._rs = float(np.cos(roll)), float(np.sin(roll))
+        self._pu, self._pv = self.cx - 0.5, self.cy - 0.5  # principal point, cv2 pixel coords
         pal = scenery.palette
-        # --- per-row ground depth and the static background (sky, grass)
+        # --- ground depth per pixel and the static background (sky, grass). Pixel (i, j)
+        # seen through the unrolled camera: dv = its row offset from the principal point
+        ii, jj = np.mgrid[0:H, 0:W].astype(np.float64)
+        dv = self._rs * (jj - self._pu) + self._rc * (ii - self._pv)
+        t2 = dv / self.F
+        denom2 = self.ct * t2 + self.st
+        ground2 = denom2 > 1e-9
+        depth2 = np.where(ground2, self.h / np.where(ground2, denom2, 1.0), spec.sky_depth_m)
+        depth2 = np.minimum(depth2, spec.sky_depth_m)
         t = (np.arange(H) + 0.5 - self.cy) / self.F
         denom = self.ct * t + self.st
-        ground = denom > 1e-9
-        row_depth = np.where(ground, self.h / np.where(ground, denom, 1.0), spec.sky_depth_m)
+        row_depth = np.where(denom > 1e-9, self.h / np.where(denom > 1e-9, denom, 1.0), spec.sky_depth_m)
+        # per-row ground depth of the unrolled camera (= every column's when roll is 0)
         self.row_depth = np.minimum(row_depth, spec.sky_depth_m).astype(np.float32)
-        self.horizon_v = self.cy - self.F * np.tan(th)  # continuous row of the horizon
-        bg = np.zeros((H, W, 3), np.float32)
-        rows = np.arange(H) + 0.5
-        # sky: top colour to horizon colour
-        k = np.clip((rows - min(0.0, self.horizon_v - H)) / max(self.horizon_v, 1.0), 0, 1)
-        sky = (1 - k)[:, None] * np.array(pal.sky_top) + k[:, None] * np.array(pal.sky_horizon)
-        far = np.clip(self.row_depth / 120.0, 0, 1) ** 0.7
-        grass = (1 - far)[:, None] * np.array(pal.grass_near) + far[:, None] * np.array(pal.grass_far)
-        cover = np.clip(rows + 0.5 - self.horizon_v, 0, 1)  # anti-aliased horizon
-        bg[:] = ((1 - cover)[:, None] * sky + cover[:, None] * grass)[:, None, :]
-        self._bg = np.clip(bg, 0, 255).astype(np.uint8)
-        # aerial perspective: distant ground rows fade towards the horizon colour (ground only;
+        self.horizon_v = self.cy - self.F * np.tan(th)  # continuous row of the (unrolled) horizon
+        rows = dv + self.cy  # continuous row coordinate (= i + 0.5 without roll)
+        k = np.clip((rows - min(0.0, self.horizon_v - H)) / max(self.horizon_v, 1.0), 0, 1)[..., None]
+        sky = (1 - k) * np.array(pal.sky_top) + k * np.array(pal.sky_horizon)
+        far = (np.clip(depth2 / 120.0, 0, 1) ** 0.7)[..., None]
+        grass = (1 - far) * np.array(pal.grass_near) + far * np.array(pal.grass_far)
+        cover = np.clip(rows + 0.5 - self.horizon_v, 0, 1)[..., None]  # anti-aliased horizon
+        self._bg = np.clip((1 - cover) * sky + cover * grass, 0, 255).astype(np.uint8)
+        # aerial perspective: distant ground fades towards the horizon colour (ground only;
         # applied before objects, which carry their own depth)
-        alpha = np.where(ground, 0.7 * (1 - np.exp(-self.row_depth / 250.0)), 0.0)
-        rows_h = np.flatnonzero(alpha > 0.06)
+        alpha = np.where(ground2, 0.7 * (1 - np.exp(-depth2 / 250.0)), 0.0)
+        rows_h = np.flatnonzero((alpha > 0.06).any(1))
         self._haze = None
         if rows_h.size:
             r0, r1 = int(rows_h.min()), int(rows_h.max()) + 1
-            a = alpha[r0:r1, None, None].astype(np.float32)
+            a = alpha[r0:r1, :1, None] if not self._roll else alpha[r0:r1, :, None]
+            a = a.astype(np.float32)
             self._haze = (r0, r1, 1 - a, a * np.array(pal.sky_horizon, np.float32))
-        self._bg_depth = np.repeat(self.row_depth[:, None], W, axis=1)
-        # hills: silhouette sampled every 4 columns, closed along the horizon (+1 row)
+        self._bg_depth = depth2.astype(np.float32)
+        # hills: silhouette sampled every 4 columns, closed along the horizon (+1 row); a
+        # rolled camera samples beyond the image so the rotated polygon still covers it
         self._hill_cols = None
         if self.horizon_v > 0:
-            cols = np.concatenate([np.arange(-0.5, W, 4.0), [W - 0.5]])
+            m = 0.0 if not self._roll else 4.0 * np.ceil((H * abs(self._rs) + 2) / 4.0)
+            cols = np.concatenate([np.arange(-0.5 - m, W + m, 4.0), [W - 0.5 + m]])
             self._hill_cols = cols
             self._hill_az = np.arctan((cols + 0.5 - self.cx) / self.F)
-            base = int(np.rint((min(self.horizon_v, H) + 0.5) * ONE))
-            poly = np.zeros((len(cols) + 2, 2), np.int32)
-            poly[1:-1, 0] = np.rint(cols * ONE)
-            poly[0] = (int(cols[0] * ONE), base)
-            poly[-1] = (int(cols[-1] * ONE), base)
-            self._hill_poly = poly
+            self._hill_base = min(self.horizon_v, H) + 0.5
         # --- ground geometry, precomputed once per track in world coordinates
-        line_pairs = []
-        dashes = []
-        for lat, kind in track.lane_lines:
-            if kind == LineType.CONTINUOUS:
-                inset = 0.25 if lat <= track.left_edge + 1e-6 else -0.25 if lat >= track.right_edge - 1e-6 else 0
-                c = lat + inset
-                line_pairs.append((c - LINE_WIDTH_M / 2, c + LINE_WIDTH_M / 2))
-            elif kind == LineType.STRIPED:
-                dashes.append(self._dashes(lat))
-        self._line_pairs = np.asarray(line_pairs, np.float64).reshape(-1, 2)
-        self._road_pair = (track.left_edge, track.right_edge)
-        self._n_lines = len(line_pairs)
-        dash = np.concatenate(dashes) if dashes else np.zeros((0, 6, 2))
-        wear_rng = np.random.default_rng(scenery.wear_seed)
-        dash = dash[wear_rng.random(len(dash)) < scenery.dash_keep_prob]
-        # shadow quads padded to hexagons (repeat the last vertex) to share the dashes' pass
-        sh = scenery.shadows
-        sh6 = np.concatenate([sh, sh[:, -1:], sh[:, -1:]], axis=1) if len(sh) else np.zeros((0, 6, 2))
-        self._small = np.concatenate([sh6, dash])
-        self._small_is_shadow = np.arange(len(self._small)) < len(sh6)
-        wear = pal.marking_wear
+        lines = scenery.lines if scenery.lines is not None else default_lines(
+            track, pal, scenery.dash_keep_prob)
+        self.lines = lines
         self.c_asphalt = pal.asphalt
-        self.c_marking = _mix(pal.marking, pal.asphalt, 0.6 * wear)
         self.c_shadow = pal.shadow
         self.c_hills = pal.hills
         self.c_asphalt_far = pal.asphalt_far
+        self.c_patch, self.c_crack = pal.patch, pal.crack
+        colours: list[tuple] = []  # marking colours, in first-use order
+        for ln in lines:
+            if tuple(ln.colour) not in colours:
+                colours.append(tuple(ln.colour))
+        self.c_markings = colours
+        self.c_marking = colours[0] if colours else pal.marking
+        # bands: (lat_a, lat_b, sample mask or None, marking range?) drawn as long contours
+        bands: list[tuple[float, float, np.ndarray | None, bool]] = []
+        self._pre = []  # (band index, colour): shoulders, outermost first, each its own fill
+        for a, b, col in scenery.pre_bands:
+            self._pre.append((len(bands), tuple(col)))
+            bands.append((a, b, None, False))
+        self._road_band = len(bands)
+        bands.append((track.left_edge, track.right_edge, None, False))
+        self._post = []  # wheel tracks on the road (disjoint, one fill)
+        for a, b, col in scenery.road_bands:
+            self._post.append(len(bands))
+            self.c_post = tuple(col)
+            bands.append((a, b, None, "wheel"))
+        self._line_bands: dict[tuple, list[int]] = {c: [] for c in colours}
+        line_pairs = []
+        dashes, dash_group = [], []
+        wear_rng = np.random.default_rng(scenery.wear_seed)
+        for ln in lines:
+            if ln.kind == "solid":
+                self._line_bands[tuple(ln.colour)].append(len(bands))
+                line_pairs.append((ln.lat - ln.width / 2, ln.lat + ln.width / 2))
+                bands.append((ln.lat - ln.width / 2, ln.lat + ln.width / 2, self._gap_mask(ln), True))
+            else:
+                d = self._dashes(ln)
+                d = d[wear_rng.random(len(d)) < ln.dash_keep]
+                dashes.append(d)
+                dash_group.append(np.full(len(d), self.G_DASH + colours.index(tuple(ln.colour))))
+        self._bands = bands
+        self._sample_ids = np.arange(len(track.points))
+        self._sample_even = self._sample_ids % 2 == 0
+        self._sample_mod4 = self._sample_ids % 4 == 0
+        # route samples this far behind the camera never matter (the widest band's reach)
+        self._band_margin = 3.0 + max(max(abs(a), abs(b)) for a, b, _, _ in bands)
+        self._line_pairs = np.asarray(line_pairs, np.float64).reshape(-1, 2)
+        self._road_pair = (track.left_edge, track.right_edge)
+        self._n_lines = len(line_pairs)
+        # small polygons (all padded to SHADOW_VERTS vertices) and their groups
+        V = SHADOW_VERTS
+        parts = [(scenery.shadows, self.G_SHADOW), (scenery.patches, self.G_PATCH),
+                 (scenery.cracks, self.G_CRACK)]
+        parts += list(zip(dashes, [g[0] if len(g) else self.G_DASH for g in dash_group]))
+        polys, groups = [], []
+        for arr, g in parts:
+            arr = np.asarray(arr, np.float64).reshape(-1, arr.shape[1] if arr.ndim == 3 else V, 2)
+            if len(arr) == 0:
+                continue
+            if arr.shape[1] < V:
+                arr = np.concatenate([arr, np.repeat(arr[:, -1:], V - arr.shape[1], axis=1)], axis=1)
+            polys.append(arr)
+            groups.append(np.full(len(arr), g))
+        self._small = np.concatenate(polys) if polys else np.zeros((0, V, 2))
+        self._small_group = np.concatenate(groups) if groups else np.zeros(0, np.int64)
+        self._small_is_shadow = self._small_group == self.G_SHADOW
+        self._small_centre = self._small.mean(1)
+        self._small_radius = float(np.sqrt(((self._small - self._small_centre[:, None]) ** 2).sum(-1)).max()) \
+            if len(self._small) else 0.0
+        self._n_groups = self.G_DASH + max(len(colours), 1)
+        self._object_statics()
 
     # ------------------------------------------------------------ precompute
-    def _dashes(self, lat: float) -> np.ndarray:
-        """Hexagonal dashes (3 points per side follow curves) along a striped line."""
+    def _gap_mask(self, ln: LineSpec) -> np.ndarray | None:
+        """Route samples where a solid line's paint is present (None = everywhere)."""
+        if not ln.gaps:
+            return None
+        s = self.track.s
+        keep = np.ones(len(s), bool)
+        L = self.track.length
+        for s0, s1 in ln.gaps:
+            if self.track.closed:
+                keep &= ~(((s - s0) % L) < (s1 - s0))
+            else:
+                keep &= ~((s >= s0) & (s < s1))
+        return keep
+
+    def _dashes(self, ln: LineSpec) -> np.ndarray:
+        """Hexagonal dashes (3 points per side follow curves) along a dashed line."""
         tr = self.track
-        starts = np.arange(0.0, tr.length - STRIPE_LENGTH_M, STRIPE_PERIOD_M)
-        ss = starts[:, None] + np.array([0.0, 0.5, 1.0]) * STRIPE_LENGTH_M  # (K,3)
+        starts = np.arange(0.0, tr.length - ln.dash_len, ln.dash_period)
+        ss = starts[:, None] + np.array([0.0, 0.5, 1.0]) * ln.dash_len  # (K,3)
         px = np.interp(ss, tr.s, tr.points[:, 0])
         py = np.interp(ss, tr.s, tr.points[:, 1])
         ux = np.interp(ss, tr.s, tr.lateral_u[:, 0])
         uy = np.interp(ss, tr.s, tr.lateral_u[:, 1])
         p = np.stack([px, py], -1)
         u = np.stack([ux, uy], -1)
-        left = p + (lat - LINE_WIDTH_M / 2) * u
-        right = p + (lat + LINE_WIDTH_M / 2) * u
+        left = p + (ln.lat - ln.width / 2) * u
+        right = p + (ln.lat + ln.width / 2) * u
         return np.concatenate([left, right[:, ::-1]], axis=1)  # (K,6,2)
+
+    def _rotate(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unrolled pixel coordinates -> the rolled camera's (rotation about the principal point)."""
+        du, dv = u - self._pu, v - self._pv
+        return self._pu + self._rc * du + self._rs * dv, self._pv - self._rs * du + self._rc * dv
+
 
     # ------------------------------------------------------------- projection
     def _frame(self, position: np.ndarray, heading: float) -> None:
@@ -242,11 +336,15 @@ class DashcamRenderer:
         """Ground points in (forward, right) metres -> cv2 fixed-point pixel coords (N,2)."""
         Z = np.maximum(f * self.ct + self.h * self.st, 1e-6)
         k = self.F / Z
-        u = self.cx - 0.5 + r * k
-        v = self.cy - 0.5 + (self.h * self.ct - f * self.st) * k
+        du = r * k
+        dv = (self.h * self.ct - f * self.st) * k
         out = np.empty((len(f), 2), np.float64)
-        out[:, 0] = u
-        out[:, 1] = v
+        if self._roll:
+            out[:, 0] = self._pu + self._rc * du + self._rs * dv
+            out[:, 1] = self._pv - self._rs * du + self._rc * dv
+        else:
+            out[:, 0] = self._pu + du
+            out[:, 1] = self._pv + dv
         np.minimum(out, 1e5, out=out)
         np.maximum(out, -1e5, out=out)
         out *= ONE
@@ -268,171 +366,201 @@ class DashcamRenderer:
         Zs = np.maximum(Z, 1e-6)
         u = self.cx + self.F * rgt / Zs - 0.5
         v = self.cy + self.F * Y / Zs - 0.5
-        return np.stack([u, v], -1), Z
+        return np.stack([u, v], -1), Z  # unrolled: `_to_cv` applies the roll
 
     def _to_cv(self, uv: np.ndarray) -> np.ndarray:
+        """Unrolled float pixel coords (..., 2) -> the rolled camera's cv2 fixed-point coords."""
+        uv = np.asarray(uv, np.float64)
+        if self._roll:
+            u, v = self._rotate(uv[..., 0], uv[..., 1])
+            uv = np.stack([u, v], -1)
         out = np.minimum(np.maximum(uv, -1e5), 1e5)
         out *= ONE
         return np.rint(out).astype(np.int32)
 
     ROAD_RANGE_M = 400.0  # open roads: only road within this distance of the camera is drawn
+    WHEEL_RANGE_M = 70.0  # worn wheel tracks: low contrast, drawn near the car only
     MARKING_RANGE_M = 150.0  # markings: within this distance (sub-pixel far lines would be
     # drawn a full pixel wide by anti-aliasing, a bright streak along the horizon)
 
     def _runs(self, near: np.ndarray) -> list[np.ndarray] | None:
         """Index runs of consecutive route samples flagged `near`; None = the whole loop."""
-        n = len(near)
-        if near.all() and self.track.closed:
+        if self.track.closed and near.all():
             return None
-        if not near.any():
-            return []
-        dm = np.diff(near.astype(np.int8))
-        starts = (np.flatnonzero(dm == 1) + 1).tolist()
-        ends = (np.flatnonzero(dm == -1) + 1).tolist()
+        x = near.view(np.int8)
+        edges = (np.flatnonzero(x[1:] != x[:-1]) + 1).tolist()
         if near[0]:
-            starts.insert(0, 0)
+            edges.insert(0, 0)
         if near[-1]:
-            ends.append(n)
-        runs = [np.arange(s, e) for s, e in zip(starts, ends)]
-        if self.track.closed and near[0] and near[-1] and len(runs) > 1:
+            edges.append(len(x))
+        ar = self._sample_ids
+        runs = [ar[s:e] for s, e in zip(edges[0::2], edges[1::2])]
+        if self.track.closed and len(runs) > 1 and near[0] and near[-1]:
             runs[0] = np.concatenate([runs.pop(), runs[0]])  # a run across the loop's seam
         return runs
 
-    def _ground_rows(self, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """(K, M) sample indices and lateral offsets of this frame's long contours.
+    def _ground_rows(self, fp: np.ndarray) -> tuple[list[np.ndarray], list[tuple], list[int]]:
+        """Sample indices and (lateral offset, count) of this frame's long contours, by halves.
 
         A band between two lateral offsets is either a ring pair (a whole closed loop: two
-        rows, filled even-odd) or one strip row per run of nearby samples (forward along
-        one offset, back along the other). Rows are padded to one length by repeating
-        their last vertex (a zero-length edge changes nothing). Returns also the number
-        of road rows (the rest are continuous lines).
+        rows, filled even-odd) or one strip row per run of usable samples (forward along
+        one offset, back along the other; a worn line's gaps split its runs). Samples
+        well behind the camera are not used: a strip's end there is clipped away by the
+        near plane anyway. Each contour is two halves (index array, (lateral, length));
+        returns also the band index of each contour.
         """
         d2 = fp[:, 0] ** 2 + fp[:, 1] ** 2
-        rows: list[tuple[np.ndarray, float, float]] = []
+        front = fp[:, 0] > -self._band_margin
+        ids_rows: list[np.ndarray] = []
+        lat_rows: list[np.ndarray] = []
+        owner: list[int] = []
+        road_near = front if self.track.closed else front & (d2 < self.ROAD_RANGE_M ** 2)
+        near_mark = front & (d2 < self.MARKING_RANGE_M ** 2)
+        near_wheel = front & (d2 < self.WHEEL_RANGE_M ** 2)
+        cache: dict[int, list | None] = {}
+        # level of detail: every route sample (1 m) within 40 m, every 2nd to 100 m, then every
+        # 4th (a 4 m chord of the tightest 10 m curve is < 0.5 px off beyond 100 m); the kept
+        # samples are fixed in the world, so far contours do not shimmer as the car moves
+        lod = (d2 < 1600.0) | (self._sample_even & (d2 < 1e4)) | self._sample_mod4
 
-        def band(runs, a, b):
+        def runs_of(key: int, near: np.ndarray):
+            if key not in cache:
+                runs = self._runs(near)
+                if runs is not None:
+                    thin = []
+                    for r in runs:
+                        sel = lod[r]
+                        sel[0] = sel[-1] = True
+                        thin.append(r[sel])
+                    runs = thin
+                cache[key] = runs
+            return cache[key]
+
+        for i, (a, b, mask, marking) in enumerate(self._bands):
+            if not marking:
+                runs = runs_of(-1, road_near)
+            elif marking == "wheel":
+                runs = runs_of(-3, near_wheel)
+            elif mask is None:
+                runs = runs_of(-2, near_mark)
+            else:
+                runs = runs_of(i, near_mark & mask)
             if runs is None:
-                ring = np.arange(len(fp))
-                rows.extend([(ring, a, a), (ring, b, b)])
-            else:
-                rows.extend((np.concatenate([r, r[::-1]]), a, b) for r in runs if len(r) >= 2)
+                ring = self._sample_ids
+                ids_rows += [ring, ring]
+                lat_rows += [(a, len(ring)), (b, len(ring))]
+                owner += [i, i]
+                continue
+            for r in runs:
+                if len(r) >= 2:
+                    ids_rows += [r, r[::-1]]
+                    lat_rows += [(a, len(r)), (b, len(r))]
+                    owner.append(i)
+        return ids_rows, lat_rows, owner
 
-        la, lb = self._road_pair
-        band(None if self.track.closed else self._runs(d2 < self.ROAD_RANGE_M ** 2), la, lb)
-        n_road = len(rows)
-        if self._n_lines:
-            runs = self._runs(d2 < self.MARKING_RANGE_M ** 2)
-            for a, b in self._line_pairs.tolist():
-                band(runs, a, b)
-        if not rows:
-            return np.zeros((0, 0), np.int64), np.zeros((0, 0)), 0
-        M = max(len(r[0]) for r in rows)
-        idx = np.empty((len(rows), M), np.int64)
-        lat = np.empty((len(rows), M))
-        for j, (ids, a, b) in enumerate(rows):
-            m = len(ids)
-            idx[j, :m] = ids
-            idx[j, m:] = ids[-1]
-            if a == b:
-                lat[j] = a
-            else:
-                lat[j, : m // 2] = a
-                lat[j, m // 2:] = b
-        return idx, lat, n_road
-
-    def _ground_contours(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Road and continuous-line contours, near-clipped and projected in one vectorised pass."""
+    def _ground_contours(self) -> list[list[np.ndarray]]:
+        """Contours of every band (`_bands`), near-clipped and projected in one vectorised pass."""
+        out: list[list[np.ndarray]] = [[] for _ in self._bands]
         fp, fu = self._fr_p, self._fr_u
-        idx, lat, n_road = self._ground_rows(fp)
-        if idx.size == 0:
-            return [], []
-        Fm = fp[idx, 0] + lat * fu[idx, 0]  # (K, M) forward metres
-        Rm = fp[idx, 1] + lat * fu[idx, 1]  # (K, M) right metres
+        ids_rows, lat_rows, owner = self._ground_rows(fp)
+        if not ids_rows:
+            return out
+        half = np.array(lat_rows)  # (2 * rows, 2): (lateral, count) of each half contour
+        reps = half[:, 1].astype(np.int64)
+        lens = reps[0::2] + reps[1::2]
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+        idx = np.concatenate(ids_rows)
+        lat = np.repeat(half[:, 0], reps)
+        Fm = fp[idx, 0] + lat * fu[idx, 0]  # forward metres
+        Rm = fp[idx, 1] + lat * fu[idx, 1]  # right metres
         fmin = self._f_near
         inside = Fm >= fmin
-        K, M = Fm.shape
         if inside.all():
-            counts = np.full(K, M)
-            pf, pr = Fm.reshape(-1), Rm.reshape(-1)
+            counts = lens
+            pf, pr = Fm, Rm
         else:  # Sutherland-Hodgman against the near plane, all contours at once
-            Fn = np.roll(Fm, -1, axis=1)
-            Rn = np.roll(Rm, -1, axis=1)
-            cross = inside != np.roll(inside, -1, axis=1)
+            nxt = np.arange(1, len(idx) + 1)
+            nxt[starts + lens - 1] = starts  # each contour is closed
+            Fn, Rn = Fm[nxt], Rm[nxt]
+            cross = inside != inside[nxt]
             t = np.divide(fmin - Fm, Fn - Fm, out=np.zeros_like(Fm), where=cross)
-            FO = np.empty((K, 2 * M))
-            RO = np.empty((K, 2 * M))
-            keep = np.empty((K, 2 * M), bool)
-            FO[:, 0::2] = Fm
-            FO[:, 1::2] = fmin
-            RO[:, 0::2] = Rm
-            RO[:, 1::2] = Rm + t * (Rn - Rm)
-            keep[:, 0::2] = inside
-            keep[:, 1::2] = cross
-            counts = keep.sum(1)
+            n = len(idx)
+            FO = np.empty(2 * n)
+            RO = np.empty(2 * n)
+            keep = np.empty(2 * n, bool)
+            FO[0::2] = Fm
+            FO[1::2] = fmin
+            RO[0::2] = Rm
+            RO[1::2] = Rm + t * (Rn - Rm)
+            keep[0::2] = inside
+            keep[1::2] = cross
+            counts = np.add.reduceat(inside.astype(np.int64) + cross, starts)
             pf, pr = FO[keep], RO[keep]
         uv = self._project_fr(pf, pr)
         ends = np.cumsum(counts).tolist()
-        parts = [uv[a:b] for a, b in zip([0] + ends[:-1], ends)]
-        road = [p for p in parts[:n_road] if len(p) >= 3]
-        lines = [p for p in parts[n_road:] if len(p) >= 3]
-        return road, lines
+        for i, a, b in zip(owner, [0] + ends[:-1], ends):
+            if b - a >= 3:
+                out[i].append(uv[a:b])
+        return out
 
-    def _polys(self, polys: np.ndarray, flag: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Project small disjoint ground polygons (K,V,2); returns (flagged, others).
+    def _polys(self, polys: np.ndarray, group: np.ndarray) -> list[list[np.ndarray]]:
+        """Project small ground polygons (K,V,2); returns their contours per group.
 
-        Polygons wholly behind the near plane or outside the image are culled; the few
-        that cross the near plane are clipped one by one.
+        Polygons wholly behind the near plane or outside the image are culled, and all but
+        shadows beyond the marking range; the few that cross the near plane are clipped
+        one by one.
         """
+        out: list[list[np.ndarray]] = [[] for _ in range(self._n_groups)]
         if len(polys) == 0:
-            return [], []
+            return out
+        # cull by centroid first: most polygons are far away or behind
+        cf = (self._small_centre - self._C) @ self._d
+        cand = (cf > -self._small_radius) & ((cf < self.MARKING_RANGE_M + self._small_radius)
+                                              | (group == self.G_SHADOW))
+        if not cand.all():
+            polys, group = polys[cand], group[cand]
+            if len(polys) == 0:
+                return out
         rel = polys - self._C
         f = rel @ self._d
-        z = f * self.ct + self.h * self.st
-        near = self.spec.near_m
-        zin = z >= near
-        zin &= ~(~flag & (f.min(1) > self.MARKING_RANGE_M))[:, None]  # far dashes: not drawn
-        full = zin.all(1)
-        yes: list[np.ndarray] = []
-        no: list[np.ndarray] = []
-        if full.any():
-            r = rel[full] @ self._n
-            uv = self._project_fr(f[full].reshape(-1), r.reshape(-1)).reshape(-1, polys.shape[1], 2)
-            W, H = self.spec.width * ONE, self.spec.height * ONE
-            u, v = uv[..., 0], uv[..., 1]
-            vis = ~((u < -ONE).all(1) | (u > W + ONE).all(1) | (v > H + ONE).all(1))
-            fl = flag[full]
-            yes.extend(uv[vis & fl])
-            no.extend(uv[vis & ~fl])
-        for k in np.flatnonzero(zin.any(1) & ~full).tolist():
-            c = self._clip_project_small(polys[k].tolist(), near)
-            if c is not None:
-                (yes if flag[k] else no).append(c)
-        return yes, no
-
-    def _clip_project_small(self, poly: list, near: float) -> np.ndarray | None:
-        """Near-clip and project one small ground polygon in plain Python (few vertices)."""
-        cx0, cy0 = self._C.tolist()
-        dx, dy = self._d.tolist()
-        fr = []
-        for x, y in poly:
-            rx, ry = x - cx0, y - cy0
-            fr.append((rx * dx + ry * dy, -rx * dy + ry * dx))
+        r = rel @ self._n
         fmin = self._f_near
-        out = []
-        m = len(fr)
-        for i in range(m):
-            f0, r0 = fr[i]
-            f1, r1 = fr[(i + 1) % m]
-            if f0 >= fmin:
-                out.append((f0, r0))
-            if (f0 >= fmin) != (f1 >= fmin):
-                t = (fmin - f0) / (f1 - f0)
-                out.append((fmin, r0 + t * (r1 - r0)))
-        if len(out) < 3:
-            return None
-        f = np.array([p[0] for p in out])
-        r = np.array([p[1] for p in out])
-        return self._project_fr(f, r)
+        inside = f >= fmin
+        far = (group != self.G_SHADOW) & (f.min(1) > self.MARKING_RANGE_M)
+        inside &= ~far[:, None]  # far dashes, patches, cracks: not drawn
+        full = inside.all(1)
+        V = polys.shape[1]
+        W, H = self.spec.width * ONE, self.spec.height * ONE
+        if full.any():
+            uv = self._project_fr(f[full].reshape(-1), r[full].reshape(-1)).reshape(-1, V, 2)
+            u, v = uv[..., 0], uv[..., 1]
+            vis = ~((u < -ONE).all(1) | (u > W + ONE).all(1) | (v > H + ONE).all(1) | (v < -ONE).all(1))
+            g = group[full]
+            for k in np.flatnonzero(vis).tolist():
+                out[g[k]].append(uv[k])
+        part = inside.any(1) & ~full
+        if part.any():  # Sutherland-Hodgman against the near plane, these polygons at once
+            fp, rp, ins = f[part], r[part], inside[part]
+            fn, rn = np.roll(fp, -1, 1), np.roll(rp, -1, 1)
+            cross = ins != np.roll(ins, -1, 1)
+            t = np.divide(fmin - fp, fn - fp, out=np.zeros_like(fp), where=cross)
+            K = len(fp)
+            FO = np.empty((K, 2 * V))
+            RO = np.empty((K, 2 * V))
+            keep = np.empty((K, 2 * V), bool)
+            FO[:, 0::2] = fp
+            FO[:, 1::2] = fmin
+            RO[:, 0::2] = rp
+            RO[:, 1::2] = rp + t * (rn - rp)
+            keep[:, 0::2] = ins
+            keep[:, 1::2] = cross
+            counts = keep.sum(1)
+            uv = self._project_fr(FO[keep], RO[keep])
+            ends = np.cumsum(counts).tolist()
+            for g, a, b in zip(group[part].tolist(), [0] + ends[:-1], ends):
+                if b - a >= 3:
+                    out[g].append(uv[a:b])
+        return out
 
     # ---------------------------------------------------------------- render
     def render(self, position: np.ndarray, heading: float,
@@ -443,16 +571,29 @@ class DashcamRenderer:
         depth = self._bg_depth.copy()
         self._draw_hills(img, heading)
         aa = cv2.LINE_AA
-        road, lines = self._ground_contours()
-        if road:
-            cv2.fillPoly(img, road, self.c_asphalt, aa, SHIFT)
-        shadows, dashes = self._polys(self._small, self._small_is_shadow)
-        if shadows:
-            cv2.fillPoly(img, shadows, self.c_shadow, aa, SHIFT)
-        if lines:
-            cv2.fillPoly(img, lines, self.c_marking, aa, SHIFT)
-        if dashes:
-            cv2.fillPoly(img, dashes, self.c_marking, aa, SHIFT)
+        bands = self._ground_contours()
+        for i, col in self._pre:  # shoulders: each band under the next (they touch)
+            if bands[i]:
+                cv2.fillPoly(img, bands[i], col, aa, SHIFT)
+        if bands[self._road_band]:
+            cv2.fillPoly(img, bands[self._road_band], self.c_asphalt, aa, SHIFT)
+        small = self._polys(self._small, self._small_group)
+        if small[self.G_PATCH]:
+            cv2.fillPoly(img, small[self.G_PATCH], self.c_patch, aa, SHIFT)
+        if self._post:
+            post = [c for i in self._post for c in bands[i]]
+            if post:
+                cv2.fillPoly(img, post, self.c_post, aa, SHIFT)
+        if small[self.G_CRACK]:
+            cv2.fillPoly(img, small[self.G_CRACK], self.c_crack, aa, SHIFT)
+        for poly in small[self.G_SHADOW]:  # shadows overlap: one convex fill each
+            cv2.fillConvexPoly(img, poly, self.c_shadow, aa, SHIFT)
+        for j, col in enumerate(self.c_markings):
+            lines = [c for i in self._line_bands[col] for c in bands[i]]
+            if lines:
+                cv2.fillPoly(img, lines, col, aa, SHIFT)
+            if small[self.G_DASH + j]:
+                cv2.fillPoly(img, small[self.G_DASH + j], col, aa, SHIFT)
         if self._haze is not None:
             r0, r1, keep, add = self._haze
             img[r0:r1] = (img[r0:r1] * keep + add).astype(np.uint8)
@@ -470,12 +611,14 @@ class DashcamRenderer:
         elev = np.deg2rad(prof[i0] * (1 - frac) + prof[(i0 + 1) % 360] * frac)
         se, ce = np.sin(elev), np.cos(elev)
         v_top = self.cy - 0.5 + self.F * (-se * self.ct - ce * self.st) / (ce * self.ct - se * self.st)
-        pts = self._hill_poly
-        pts[1:-1, 1] = np.rint(v_top * ONE)
+        cols = self._hill_cols
+        u = np.concatenate([[cols[0]], cols, [cols[-1]]])
+        v = np.concatenate([[self._hill_base], v_top, [self._hill_base]])
+        pts = self._to_cv(np.stack([u, v], -1))
         cv2.fillPoly(img, [pts], self.c_hills, cv2.LINE_AA, SHIFT)
 
     def _draw_objects(self, img: np.ndarray, depth: np.ndarray, vehicles) -> None:
-        """Billboard trees/bushes/poles and box vehicles, far to near (painter's order)."""
+        """Billboard objects and box vehicles, far to near (painter's order)."""
         sc = self.scenery
         items = []
         rng_m = self.spec.object_range_m
@@ -487,6 +630,7 @@ class DashcamRenderer:
             fwd = rel @ self._d
             rgt = rel @ self._n
             vis = (fwd > near) & (fwd < rng_m) & (np.abs(rgt) < fwd * tan_half + sc.obj_size[:, 0] + 1)
+            vis &= sc.obj_size[:, 1] * self.F > 0.5 * fwd  # at least half a pixel tall
             ks = np.flatnonzero(vis)
             if len(ks):
                 obj = self._object_shapes(ks, fwd[ks], rgt[ks])
@@ -497,62 +641,90 @@ class DashcamRenderer:
                 items.append((f, 1, j))
         items.sort(key=lambda it: -it[0])
         aa, l8 = cv2.LINE_AA, cv2.LINE_8
+        ang = -float(self.spec.roll_deg)
         for _, kind, j in items:
             if kind == 1:
                 self._draw_vehicle(img, depth, vehicles[j])
                 continue
-            k, z0, u0, v0, hw, v_a, v_b, ax_w, ax_h, c1, c2 = obj[j]
-            if k == TREE:
-                tw = max(hw, ONE // 4)
-                trunk = np.array([[u0 - tw, v0], [u0 + tw, v0], [u0 + tw, v_a], [u0 - tw, v_a]], np.int32)
-                cv2.fillConvexPoly(img, trunk, c1, aa, SHIFT)
-                cv2.fillConvexPoly(depth, trunk, z0, l8, SHIFT)
-                cv2.ellipse(img, (u0, v_b), (ax_w, ax_h), 0, 0, 360, c2, -1, aa, SHIFT)
-                cv2.ellipse(depth, (u0, v_b), (ax_w, ax_h), 0, 0, 360, z0, -1, l8, SHIFT)
-            elif k == BUSH:
-                cv2.ellipse(img, (u0, v0), (ax_w, ax_h), 0, 180, 360, c2, -1, aa, SHIFT)
-                cv2.ellipse(depth, (u0, v0), (ax_w, ax_h), 0, 180, 360, z0, -1, l8, SHIFT)
-            else:
-                pw = max(hw, ONE // 3)
-                pole = np.array([[u0 - pw, v0], [u0 + pw, v0], [u0 + pw, v_a], [u0 - pw, v_a]], np.int32)
-                cv2.fillConvexPoly(img, pole, c1, aa, SHIFT)
-                cv2.fillConvexPoly(depth, pole, z0, l8, SHIFT)
-                plate = np.array([[u0 - ax_w, v_a], [u0 + ax_w, v_a], [u0 + ax_w, v_b], [u0 - ax_w, v_b]], np.int32)
-                cv2.fillConvexPoly(img, plate, c2, aa, SHIFT)
-                cv2.fillConvexPoly(depth, plate, z0, l8, SHIFT)
+            z0, qa, qb, ell, half, c1, c2, b_depth = obj[j]
+            if qa is not None:
+                cv2.fillConvexPoly(img, qa, c1, aa, SHIFT)
+                cv2.fillConvexPoly(depth, qa, z0, l8, SHIFT)
+            if qb is not None:
+                cv2.fillConvexPoly(img, qb, c2, aa, SHIFT)
+                if b_depth:  # a sign plate; a post's band or a roof lies inside quad A
+                    cv2.fillConvexPoly(depth, qb, z0, l8, SHIFT)
+            if ell is not None:
+                a0 = 180 if half else 0
+                cv2.ellipse(img, ell[:2], ell[2:], ang, a0, 360, c2, -1, aa, SHIFT)
+                cv2.ellipse(depth, ell[:2], ell[2:], ang, a0, 360, z0, -1, l8, SHIFT)
+
+    def _object_statics(self) -> None:
+        """Per-object shape parameters that do not depend on the pose (see `_object_shapes`)."""
+        sc = self.scenery
+        kind = sc.obj_kind
+        w, hgt = sc.obj_size[:, 0], sc.obj_size[:, 1]
+        tree, pole, post, bld = kind == TREE, kind == POLE, kind == POST, kind == BUILDING
+        bush = (kind == BUSH) | (kind == ROCK)
+        zs = np.zeros((len(kind), 5))  # heights (m): ground, A top, B bottom, B top, ellipse centre
+        zs[:, 1] = np.where(tree, 0.45 * hgt, hgt)
+        zs[:, 2] = np.where(pole, hgt - 0.7, np.where(post, 0.75 * hgt, 0.85 * hgt))
+        zs[:, 3] = np.where(post, 0.9 * hgt, hgt)
+        zs[:, 4] = np.where(tree, 0.62 * hgt, 0.0)
+        half_w = np.stack([  # half widths (m) of quad A and quad B, minimum pixels of each
+            np.where(tree, 0.175, w / 2), np.where(pole, 0.35, w / 2),
+            np.where(tree, 0.25, np.where(bld, 0.0, 1 / 3)), np.where(post, 1 / 3, 0.0)], 1)
+        axes = np.stack([w / 2, np.where(tree, 0.42, 0.6) * hgt], 1)
+        colours = [(tuple(a), tuple(b)) for a, b in sc.obj_color.tolist()]
+        self._obj = (zs, half_w, axes, (~bush).tolist(), (pole | post | bld), (tree | bush).tolist(),
+                     bush.tolist(), pole.tolist(), colours)
 
     def _object_shapes(self, ks: np.ndarray, fwd: np.ndarray, rgt: np.ndarray) -> list[tuple]:
         """Fixed-point screen shapes of the visible objects, computed in one vectorised pass.
 
-        Per object: (kind, depth, u0, v0, half width, v_a, v_b, axis w, axis h, colour 1,
-        colour 2). Trees: trunk to v_a, crown centred at v_b; bushes: half ellipse on the
-        ground; poles: pole to v_a (top), sign plate from v_a down to v_b.
+        Per object: (depth, quad A or None, quad B or None, ellipse (u, v, ax, ay) or None,
+        half ellipse?, colour 1, colour 2, does quad B need its own depth?). Trees: trunk (A)
+        and crown (ellipse); bushes and rocks: a half ellipse on the ground; signs: pole (A)
+        and plate (B); delineator posts: post (A) and reflector band (B); buildings: wall (A)
+        and roof band (B). A quad B under a fifth of a pixel tall is left out.
         """
-        sc = self.scenery
-        kind = sc.obj_kind[ks]
-        w, hgt = sc.obj_size[ks, 0], sc.obj_size[ks, 1]
-        ct, st, h = self.ct, self.st, self.h
+        zs, half_w, axes, has_a, has_b, has_e, half, is_pole, colours = self._obj
+        ct, st, h, F = self.ct, self.st, self.h, self.F
         z0 = fwd * ct + h * st
-        s = self.F / z0
-
-        def v_at(z):
-            dn = h - z
-            return self.cy - 0.5 + self.F * (dn * ct - fwd * st) / (fwd * ct + dn * st)
-
-        tree, bush = kind == TREE, kind == BUSH
-        za = np.where(tree, 0.45 * hgt, hgt)
-        zb = np.where(tree, 0.62 * hgt, hgt - 0.7)
-        hw = np.where(tree, 0.175, np.where(bush, w / 2, w / 2)) * s
-        ax_w = np.where(tree | bush, w / 2, 0.35) * s
-        ax_h = np.where(tree, 0.42 * hgt, 0.6 * hgt) * s
-        cols = np.stack([self.cx - 0.5 + rgt * s, v_at(0.0), hw, v_at(za), v_at(zb),
-                         np.maximum(ax_w, 0.5), np.maximum(ax_h, 0.5)], 1)
-        ints = np.rint(np.clip(cols, -1e5, 1e5) * ONE).astype(np.int64).tolist()
-        c = sc.obj_color[ks].tolist()
+        s = F / z0
+        dn = h - zs[ks]
+        f = fwd[:, None]
+        vs = self.cy - 0.5 + F * (dn * ct - f * st) / (f * ct + dn * st)  # (n, 5) rows
+        u0 = self.cx - 0.5 + rgt * s
+        hw = half_w[ks]
+        a_hw = np.maximum(hw[:, 0] * s, hw[:, 2])
+        b_hw = np.maximum(hw[:, 1] * s, hw[:, 3])
+        # corners (n, 9, 2): quad A (4), quad B (4), ellipse centre (1), unrolled pixels
+        n = len(ks)
+        pts = np.empty((n, 9, 2))
+        U, V = pts[..., 0], pts[..., 1]
+        U[:, 0] = U[:, 3] = u0 - a_hw
+        U[:, 1] = U[:, 2] = u0 + a_hw
+        V[:, 0] = V[:, 1] = vs[:, 0]
+        V[:, 2] = V[:, 3] = vs[:, 1]
+        U[:, 4] = U[:, 7] = u0 - b_hw
+        U[:, 5] = U[:, 6] = u0 + b_hw
+        V[:, 4] = V[:, 5] = vs[:, 2]
+        V[:, 6] = V[:, 7] = vs[:, 3]
+        U[:, 8] = u0
+        V[:, 8] = vs[:, 4]
+        ip = self._to_cv(pts)
+        qa_i, qb_i, ec = ip[:, :4], ip[:, 4:8], ip[:, 8].tolist()
+        eax = np.rint(np.minimum(np.maximum(axes[ks] * s[:, None], 0.5), 1e5) * ONE).astype(np.int64).tolist()
+        show_b = (has_b[ks] & ((vs[:, 2] - vs[:, 3]) > 0.2)).tolist()
+        z0l = z0.tolist()
         out = []
-        for j, kd in enumerate(kind.tolist()):
-            u0, v0, hwj, va, vb, aw, ah = ints[j]
-            out.append((kd, float(z0[j]), u0, v0, hwj, va, vb, aw, ah, tuple(c[j][0]), tuple(c[j][1])))
+        for j, k in enumerate(ks.tolist()):
+            c1, c2 = colours[k]
+            e = ec[j]
+            out.append((z0l[j], qa_i[j] if has_a[k] else None, qb_i[j] if show_b[j] else None,
+                        (e[0], e[1], eax[j][0], eax[j][1]) if has_e[k] else None, half[k],
+                        c1, c2, is_pole[k]))
         return out
 
     def _draw_vehicle(self, img: np.ndarray, depth: np.ndarray, veh: tuple) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.appearance import Appearance
 from envs.base import DashcamDrivingEnv
 from envs.tracks import Track, build_track
 
@@ -35,7 +36,9 @@ class RandomRoadEnv(DashcamDrivingEnv):
     """`liquid_drive/RandomRoad-v0`: a new seeded road of straights and arcs every episode.
 
     Road seeds are even for `split="train"` and odd for `split="test"`, so the two sets
-    never share a road; `road_seed` pins one road (it must belong to the split).
+    never share a road; `road_seed` pins one road (it must belong to the split). The
+    appearance follows the same split (envs/appearance.py); the lane width is drawn from
+    the appearance's `lane_width_m` range (3.0-4.5 m) unless `lane_width_m` is set.
     """
 
     @classmethod
@@ -46,10 +49,10 @@ class RandomRoadEnv(DashcamDrivingEnv):
         return cfg
 
     def _validate_config(self) -> None:
-        super()._validate_config()
         split = self.config["split"]
         if split not in ("train", "test"):
-            raise ValueError(f"config split must be 'train' or 'test', got {split!r}")
+            raise ValueError(f"config split must be 'train' or 'test' for random roads, got {split!r}")
+        super()._validate_config()
         rs = self.config["road_seed"]
         if rs is not None:
             if int(rs) < 0 or int(rs) % 2 != (split == "test"):
@@ -63,10 +66,12 @@ class RandomRoadEnv(DashcamDrivingEnv):
             return int(self.config["road_seed"])
         return 2 * int(rng.integers(0, 2**30)) + (1 if self.config["split"] == "test" else 0)
 
-    def _make_track(self, rng: np.random.Generator) -> Track:
+    def _make_track(self, rng: np.random.Generator, appearance: Appearance | None = None) -> Track:
         kw = dict(self.config["track_kwargs"])
         if self.config["lane_width_m"] is not None:
             kw["lane_width"] = float(self.config["lane_width_m"])
+        elif appearance is not None and "lane_width" not in kw:
+            kw["lane_width"] = round(appearance.lane_width_m, 3)
         seed = self.road_seed_for(rng)
         cached = getattr(self, "_cache", None)
         if cached is not None and cached[0] == (seed, tuple(sorted(kw.items()))):
