@@ -244,7 +244,8 @@ def eval_stages(p: Plan, policy: str, seed: int) -> list[Stage]:
                 "--episodes", str(p.eval_episodes), "--corruptions", ",".join(corrs),
                 "--severities", ",".join(map(str, sevs)), "--out", str(part),
                 "--seed", str(p.eval_seed), "--workers", str(p.eval_workers()),
-                "--steps", str(p.eval_steps), "--no-plots"]
+                "--steps", str(p.eval_steps), "--no-plots",
+                "--force"]  # runs only when the part's report is missing or unusable
         if p.test_split:
             argv += ["--env-config", json.dumps({"split": p.test_split})]
         # the expert drives the same (paired) episodes: once is enough, on the first run
@@ -275,7 +276,7 @@ def ssim_stage(p: Plan, policy: str, seed: int, corruption: str) -> Stage:
     f = ssim_file(p, policy, seed, corruption)
     argv = ["explain", "--ssim", "--checkpoint", str(run_dir(p, policy, seed)), "--env", p.env,
             "--corruption", corruption, "--steps", str(p.ssim_steps), "--out", str(f),
-            "--seed", str(p.eval_seed)]
+            "--seed", str(p.eval_seed), "--force"]  # runs only when the file is missing or unusable
     return Stage(f"attention SSIM {policy} seed {seed} {corruption}", argv, lambda: _json_done(f),
                  before=lambda: (f.parent.mkdir(parents=True, exist_ok=True), [])[1])
 
