@@ -479,7 +479,7 @@ def contact_frame(spec: EvalSpec, env: Any, warmup_steps: int = 15) -> tuple[np.
 
 def build_report(spec: EvalSpec, policy_name: str, task_list: list[Task], results: list[dict],
                  threshold_m: float) -> dict:
-    """Aggregate per-episode results into the report.json structure (DESIGN.md §5 + extras)."""
+    """Aggregate per-episode results into the report.json structure (docs/evaluation.md, Outputs)."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
     for t, r in zip(task_list, results):
         groups.setdefault((t.driver, t.corruption, t.severity), []).append(r)

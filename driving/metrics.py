@@ -35,7 +35,7 @@ from driving.interventions import CAUSES
 
 INTERVENTION_PENALTY_S = 6.0  # PilotNet: each intervention costs 6 s of autonomy
 
-#: Keys of one result row in report.json (DESIGN.md §5), in order.
+#: Keys of one result row in report.json (docs/evaluation.md, Outputs), in order.
 SCHEMA_KEYS = (
     "corruption",
     "severity",

@@ -395,7 +395,7 @@ def passive_eval(spec: PassiveSpec, out_dir: str | os.PathLike, *, policy: Any =
     episodes, split, why = select_episodes(spec, config, ds)
     sample = _ssim_sample(ds, episodes, spec.ssim_frames)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: stable on shared cores (DESIGN.md §6)
+    torch.set_num_threads(1)  # one thread: stable on shared cores (docs/cells.md, Benchmark)
     rows = []
     frames_run = 0
     t0 = time.perf_counter()

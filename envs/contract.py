@@ -25,7 +25,7 @@ CONTRACT_MEMBERS = (
 
 
 class StepInfo(TypedDict):
-    """The documented `info` keys (docs/architecture.md, DESIGN.md §5: never renamed).
+    """The documented `info` keys (docs/architecture.md: a public interface, never renamed).
 
     Lateral quantities are metres, positive to the driver's right, measured from the centre
     of the ego's own lane.

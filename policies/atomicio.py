@@ -154,10 +154,17 @@ def looks_pickled(path: str | os.PathLike) -> bool:
         return True
     try:
         with open(p, "rb") as f:
-            head = f.read(4)
+            head = f.read(10)
+            size = os.fstat(f.fileno()).st_size
     except OSError:
         return False
-    return head[:1] == b"\x80" or head == b"PK\x03\x04"  # pickle protocol >= 2, torch zip
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip
+        return True
+    if head[:1] == b"\x80":  # pickle protocol >= 2 ... or a safetensors header length 128 + 256k
+        n = int.from_bytes(head[:8], "little")
+        is_safetensors = len(head) >= 9 and head[8:9] == b"{" and 8 + n <= size
+        return not is_safetensors
+    return False
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:

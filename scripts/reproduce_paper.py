@@ -260,7 +260,7 @@ def eval_stages(p: Plan, policy: str, seed: int) -> list[Stage]:
 
 
 def merge_reports(parts: Sequence[Path], out: Path) -> None:
-    """One report.json (the DESIGN.md §5 schema) from the parts of one run's evaluation."""
+    """One report.json (the schema of docs/evaluation.md) from the parts of one run's evaluation."""
     reports = [json.loads((q / "report.json").read_text()) for q in parts]
     merged = dict(reports[0])
     merged["results"] = [row for r in reports for row in r["results"]]

@@ -1,4 +1,4 @@
-"""The CLI contract of DESIGN.md §5: every verb has --help, bad input exits 2."""
+"""The CLI contract (docs/architecture.md, CLI): every verb has --help, bad input exits 2."""
 
 import subprocess
 import sys

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: stable on shared cores (DESIGN.md §6)
+    torch.set_num_threads(1)  # one thread: stable on shared cores (docs/cells.md, Benchmark)
     try:
         return _run(args)
     finally:
