@@ -544,3 +544,24 @@ def test_real_entry_point_eval_onto_a_file(fx, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("driving eval: error:") and "is a file" in lines[0]
     assert note.read_text() == "keep me\n"
+
+
+def test_env_config_type_check_accepts_every_valid_spelling():
+    """The type check behind the env-kwargs cases refuses by the default's type, never a valid value."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+
+    env = gym.make("liquid_drive/Racetrack-v0", speed_mps=np.float32(9.0), randomize=0, shadows=np.bool_(False),
+                   lane_width_m=3.5, max_steps=np.int64(50), camera={"height": 32, "width": 64},
+                   expert={"lookahead_time_s": 1})
+    cfg = env.unwrapped.config
+    assert cfg["speed_mps"] == [9.0, 9.0] and cfg["max_steps"] == 50 and cfg["camera"]["height"] == 32
+    env.close()
+    env = gym.make("liquid_drive/RandomRoad-v0", road_seed=None, speed_mps=[8, 12], split="test")
+    env.close()
+    for bad, words in [({"max_steps": "50"}, "max_steps = '50'"), ({"shadows": "no"}, "true or false"),
+                       ({"speed_mps": [8, "x"]}, "speed_mps"), ({"expert": {"lookahead_time_s": None}}, "expert.lookahead_time_s"),
+                       ({"policy_frequency": float("nan")}, "policy_frequency = nan")]:
+        with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(".", r"\.")):
+            gym.make("liquid_drive/Racetrack-v0", **bad)
