@@ -78,6 +78,7 @@ def test_tiny_sweep_on_a_local_ray_cluster_then_resume(tmp_path, cluster):
     page = tmp_path / "art" / "results.md"
     s = report.report(p, lay, page, "cmd", noise=False)
     assert s["cells_done"] == 8 == s["cells_planned"]
+    assert s["task_seconds"]["eval cpu"]["n"] == 8 and s["task_seconds"]["train"]["n"] == 2
     d = s["paired_interventions"]["ncp-ltc"]["cnn-ema"]["none"]
     assert d["cells"] == 2 and d["wins"] + d["ties"] + d["losses"] == 2
     text = page.read_text()

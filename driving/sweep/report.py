@@ -171,10 +171,10 @@ def summarise(p: Protocol, lay: Layout, noise: bool = True) -> dict[str, Any]:
                 for r in range(p.roads):
                     f = lay.cell(pol, s, c, r)
                     if f.is_file():
-                        c = json.loads(f.read_text())
-                        secs.setdefault("eval", []).append(c["seconds"])
-                        if "cpu_seconds" in c:
-                            secs.setdefault("eval cpu", []).append(c["cpu_seconds"])
+                        cell = json.loads(f.read_text())
+                        secs.setdefault("eval", []).append(cell["seconds"])
+                        if "cpu_seconds" in cell:
+                            secs.setdefault("eval cpu", []).append(cell["cpu_seconds"])
     for meta in trained.values():
         secs.setdefault(meta["kind"], []).append(meta["seconds"])
         if "cpu_seconds" in meta:
