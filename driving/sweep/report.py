@@ -158,12 +158,9 @@ def summarise(p: Protocol, lay: Layout, noise: bool = True) -> dict[str, Any]:
             f = lay.calibration(pol, s)
             if f.is_file() and pol in ("cnn-ema", "lstm-ema"):
                 calib[run_name(pol, s)] = json.loads(f.read_text())
-    trained = {}
-    for pol in p.policies:
-        for s in p.seeds:
-            f = lay.run(pol, s) / "sweep.json"
-            if f.is_file():
-                trained[run_name(pol, s)] = json.loads(f.read_text())
+    trained = {}  # every run under OUT, also those only trained for another (e.g. cnn for cnn-ema)
+    for f in sorted((lay.out / "runs").glob("*/sweep.json")):
+        trained[f.parent.name] = json.loads(f.read_text())
     secs: dict[str, list[float]] = {}
     for pol, by_c in cells.items():
         for c in by_c:
