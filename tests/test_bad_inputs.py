@@ -565,3 +565,39 @@ def test_env_config_type_check_accepts_every_valid_spelling():
                        ({"policy_frequency": float("nan")}, "policy_frequency = nan")]:
         with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(".", r"\.")):
             gym.make("liquid_drive/Racetrack-v0", **bad)
+
+
+def test_gif_cut_short_by_a_full_disk_leaves_no_temp_and_no_stray_traceback(tmp_path, monkeypatch):
+    import builtins
+    import gc
+    import io
+    import sys
+
+    from driving.explain import video
+
+    class FullDisk(io.RawIOBase):  # every write fails, as on a full filesystem
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(file, mode="r", *a, **k):
+        f = builtins.open(file, mode, *a, **k)
+        if "w" not in mode:
+            return f
+        f.close()  # the file exists (created before the disk filled up); its data cannot land
+        return io.BufferedWriter(FullDisk())
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    monkeypatch.setattr("imageio.core.request.open", full_open, raising=False)
+    w = video.FrameWriter(str(tmp_path / "v.gif"), 10.0)
+    w.append(np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(OSError) as exc:
+        w.close()
+    assert exc.value.errno == errno.ENOSPC
+    del w, exc  # the traceback holds the writer too
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    assert not unraisable, [str(u.exc_value) for u in unraisable]  # no retry of the failed close

@@ -12,6 +12,7 @@ above 10 frames/s on one core (scripts/bench_explain.py measures it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import deque
@@ -490,8 +491,24 @@ class FrameWriter:
         self._w.append_data(frame)
         self.count += 1
 
+    def _close_writer(self) -> None:
+        try:
+            self._w.close()
+        except BaseException:
+            # A close that failed (a full disk while Pillow flushes a GIF) is retried by
+            # imageio's __del__, which prints "Exception ignored" tracebacks: make it a no-op.
+            with contextlib.suppress(Exception):  # v2 (ffmpeg) writers have no such attributes
+                self._w.closed = True
+                self._w.instance.close = lambda: None
+            raise
+
     def close(self, keep: bool = True) -> None:
-        self._w.close()
+        try:
+            self._close_writer()
+        except BaseException:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+            raise
         if keep and self.count:
             if self.tmp.endswith(".mp4") and not _mp4_complete(self.tmp):
                 # imageio-ffmpeg ignores ffmpeg's exit code: a full disk left a file without
