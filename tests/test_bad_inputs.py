@@ -601,3 +601,23 @@ def test_gif_cut_short_by_a_full_disk_leaves_no_temp_and_no_stray_traceback(tmp_
     gc.collect()
     assert list(tmp_path.iterdir()) == []
     assert not unraisable, [str(u.exc_value) for u in unraisable]  # no retry of the failed close
+
+
+def test_ffmpeg_quitting_on_a_full_disk_is_reported_as_enospc(tmp_path, monkeypatch):
+    from driving.explain import video
+
+    w = video.FrameWriter(str(tmp_path / "v.mp4"), 10.0)
+
+    def quit_(frame):
+        raise OSError("[Errno 32] Broken pipe\n\nFFMPEG COMMAND:\nffmpeg ...")  # imageio-ffmpeg's bare IOError
+
+    monkeypatch.setattr(w._w, "append_data", quit_)
+    monkeypatch.setattr(video, "_no_space_left", lambda d: True)
+    with pytest.raises(OSError) as exc:
+        w.append(np.zeros((64, 96, 3), np.uint8))
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp_path / "v.mp4")
+    monkeypatch.setattr(video, "_no_space_left", lambda d: False)
+    with pytest.raises(OSError, match="Broken pipe"):  # room on the disk: ffmpeg's own error stands
+        w.append(np.zeros((64, 96, 3), np.uint8))
+    w.close(keep=False)
+    assert list(tmp_path.iterdir()) == []

@@ -488,7 +488,13 @@ class FrameWriter:
                                      duration=1000.0 / float(fps), loop=0)
 
     def append(self, frame: np.ndarray) -> None:
-        self._w.append_data(frame)
+        try:
+            self._w.append_data(frame)
+        except OSError as exc:
+            # ffmpeg quit (a full disk): imageio-ffmpeg raises a bare IOError with ffmpeg's log
+            if exc.errno is None and _no_space_left(os.path.dirname(os.path.abspath(self.path))):
+                raise OSError(errno.ENOSPC, "No space left on device", self.path) from None
+            raise
         self.count += 1
 
     def _close_writer(self) -> None:
