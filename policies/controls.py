@@ -43,7 +43,7 @@ from torch import nn
 
 from policies.baselines import LSTMCore
 from policies.cnn import PerceptionCNN
-from policies.policy import Policy, _describe
+from policies.policy import Policy
 from policies.wiring import Wiring
 
 __all__ = [
@@ -170,8 +170,10 @@ class SmoothedPolicy(Policy):
 
     def _check_state(self, hx: Any, batch: int) -> None:
         if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != (batch, self.state_size):
+            got = (f"tensor of shape {tuple(hx.shape)}" if isinstance(hx, torch.Tensor)
+                   else type(hx).__name__)
             raise ValueError(f"{self.name} state must be a tensor of shape ({batch}, "
-                             f"{self.state_size}) (see initial_state), got {_describe(hx)}")
+                             f"{self.state_size}) (see initial_state), got {got}")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ema_tau_s={self.ema_tau_s}"
