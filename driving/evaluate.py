@@ -369,13 +369,14 @@ def _set_bf16(policy: Any, device: str) -> None:
     setter("bf16")
 
 
-def _init_worker(spec: EvalSpec) -> None:
+def _init_worker(spec: EvalSpec, rows: int = 1) -> None:
+    """A worker's envs (``rows`` of them: the largest batch it will drive), policy, actors."""
     import torch
 
     torch.set_num_threads(1)
     _WORKER.clear()
     _WORKER["spec"] = spec
-    _WORKER["envs"] = [make_env(spec) for _ in range(max(1, spec.batch_episodes))]
+    _WORKER["envs"] = [make_env(spec) for _ in range(max(1, rows))]
     policy, _ = load_policy(spec)
     _WORKER["policy"] = policy
     _WORKER["actor"] = PolicyActor(policy)
@@ -389,8 +390,10 @@ def _run_chunk(item: tuple[int, list[Task]]) -> tuple[int, list[dict]]:
     spec: EvalSpec = _WORKER["spec"]
     envs = _WORKER["envs"]
     rule = spec.rule
-    if spec.batch_episodes > 1 and chunk[0].driver == "policy":
-        return index, run_chunk_batched(envs, _WORKER["policy"], chunk, spec)
+    if spec.batch_episodes > 1 and chunk[0].driver == "policy" and len(chunk) > 1:
+        # as many rows as the chunk has tasks (chunks are fixed by task order, so this does
+        # not depend on the worker count): a small evaluation pads no idle rows
+        return index, run_chunk_batched(envs[:min(len(envs), len(chunk))], _WORKER["policy"], chunk, spec)
     out = []
     for task in chunk:
         driver = _WORKER["actor"] if task.driver == "policy" else _WORKER["expert"]
@@ -422,6 +425,7 @@ def run_tasks(spec: EvalSpec, task_list: list[Task], workers: int = 1, progress:
 
     bar = tqdm(total=len(task_list), desc="eval episodes", unit="ep", disable=not progress, file=sys.stderr)
     parts = chunks(spec, task_list)
+    rows = max((len(c) for c in parts if c[0].driver == "policy"), default=1) if spec.batch_episodes > 1 else 1
     results: list[list[dict] | None] = [None] * len(parts)
     items = list(enumerate(parts))
     try:
@@ -429,7 +433,7 @@ def run_tasks(spec: EvalSpec, task_list: list[Task], workers: int = 1, progress:
             import torch
 
             threads = torch.get_num_threads()
-            _init_worker(spec)
+            _init_worker(spec, rows)
             try:
                 for item in items:
                     i, r = _run_chunk(item)
@@ -441,7 +445,7 @@ def run_tasks(spec: EvalSpec, task_list: list[Task], workers: int = 1, progress:
         else:
             method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             ctx = mp.get_context(method)
-            with ctx.Pool(min(workers, len(items)), initializer=_init_worker, initargs=(spec,)) as pool:
+            with ctx.Pool(min(workers, len(items)), initializer=_init_worker, initargs=(spec, rows)) as pool:
                 for i, r in pool.imap_unordered(_run_chunk, items, chunksize=1):
                     results[i] = r
                     bar.update(len(r))
