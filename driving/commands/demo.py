@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="from nothing to a driving, explained agent judged on roads it never saw (≤ 10 min on 2 cores)",
         description=(
             "Record expert drives on RandomRoad-v0 (train split), train an NCP-CfC agent "
-            "(behaviour cloning with burn-in windows, then DAgger), evaluate it with the strict "
+            "(behaviour cloning, then DAgger), evaluate it with the strict "
             "intervention rule on the held-out test roads and on Racetrack-v0 and LaneKeeping-v0 "
             "(never trained on), clean and under fog, rain, noise, snow, night and glare at two "
             "severities plus dropped frames and jitter, print the held-out table, and render an "
