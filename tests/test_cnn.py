@@ -109,3 +109,142 @@ def test_bad_input_names_what_was_expected(bad, words):
 def test_too_small_image_is_rejected():
     with pytest.raises(ValueError, match="at least 8"):
         PerceptionCNN((4, 100))
+
+
+# ---------------------------------------------------------------- whitening and the fused path
+
+
+def _whiten_std_mean(x):
+    """The original formula: torch.std_mean over (C,H,W), std floored at 1/sqrt(n)."""
+    std, mean = torch.std_mean(x, dim=(1, 2, 3), unbiased=False, keepdim=True)
+    return (x - mean) / torch.clamp(std, min=1.0 / x[0].numel() ** 0.5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_whiten_equals_the_std_mean_formula_and_keeps_the_layout(channels_last):
+    g = torch.Generator().manual_seed(3)
+    u8 = torch.randint(0, 256, (5, 78, 200, 3), dtype=torch.uint8, generator=g)
+    u8[2] = 128  # a blank frame: the std floor
+    u8[3] = u8[3] // 16 + 100  # low contrast, large mean: where a one-pass E[x²]−m² would cancel
+    x = u8.permute(0, 3, 1, 2).float()
+    if not channels_last:
+        x = x.contiguous()
+    w = whiten(x)
+    assert w.shape == x.shape
+    assert w.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert (w - _whiten_std_mean(x)).abs().max() < 1e-5
+    assert torch.equal(w[2], torch.zeros_like(w[2]))
+
+
+def test_whiten_gradient_is_finite_at_a_blank_frame():
+    x = torch.full((2, 3, 8, 9), 50.0)
+    x[1] += torch.linspace(0, 1, 9)
+    x.requires_grad_(True)
+    whiten(x).pow(2).sum().backward()
+    assert bool(torch.isfinite(x.grad).all())
+
+
+def _plain(cnn, x):
+    before = cnn.fast_inference
+    cnn.fast_inference = False
+    try:
+        return cnn(x)
+    finally:
+        cnn.fast_inference = before
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_fused_inference_equals_the_plain_modules(batch):
+    torch.manual_seed(4)
+    cnn = PerceptionCNN((78, 200)).eval()
+    x = torch.randint(0, 256, (batch, 78, 200, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert cnn._fast_dtype(x) == torch.float32 or not cnn_fast_available()
+        fast, plain = cnn(x), _plain(cnn, x)
+    assert fast.dtype == torch.float32 and fast.shape == (batch, 32)
+    assert (fast - plain).abs().max() < 1e-4
+    # and both equal the independent reference (whitening by std_mean, nn.Conv2d, einsum heads)
+    h = _whiten_std_mean(x.permute(0, 3, 1, 2).float())
+    for conv in cnn.conv_layers:
+        h = F.relu(conv(h))
+    with torch.no_grad():
+        assert (cnn._heads(h) - fast).abs().max() < 1e-4
+
+
+def cnn_fast_available() -> bool:
+    from policies import cnn as C
+
+    return C._FUSED_CONV
+
+
+def test_fused_path_only_where_it_applies():
+    cnn = PerceptionCNN((32, 48))
+    x = torch.randint(0, 256, (2, 32, 48, 3), dtype=torch.uint8)
+    if not cnn_fast_available():
+        pytest.skip("oneDNN's fused convolution is not in this torch build")
+    assert cnn._fast_dtype(x) is None  # grad mode with trainable weights: training
+    with torch.no_grad():
+        assert cnn._fast_dtype(x) == torch.float32
+        assert cnn._fast_dtype(x.permute(0, 3, 1, 2).float()) is None  # float frames may hold NaN
+        cnn.fast_inference = False
+        assert cnn._fast_dtype(x) is None
+        cnn.fast_inference = True
+    with torch.inference_mode():
+        assert cnn._fast_dtype(x) == torch.float32
+    seen = []
+    handle = cnn.conv_layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    try:
+        with torch.no_grad():
+            assert cnn._fast_dtype(x) is None
+            cnn(x)
+        assert seen == [(2, 3, 32, 48)]  # hooks on the convolutions still fire
+    finally:
+        handle.remove()
+    for p in cnn.parameters():
+        p.requires_grad_(False)
+    assert cnn._fast_dtype(x) == torch.float32  # a frozen CNN needs no graph
+
+
+def test_fused_path_follows_weight_changes_and_copies():
+    import copy
+    import pickle
+
+    torch.manual_seed(5)
+    cnn = PerceptionCNN((32, 48)).eval()
+    x = torch.randint(0, 256, (2, 32, 48, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert cnn._fast_dtype(x) == torch.float32 or not cnn_fast_available()
+        first = cnn(x)
+        other = PerceptionCNN((32, 48))
+        cnn.load_state_dict(other.state_dict())  # in-place copy_: the packed weights go stale
+        assert (cnn(x) - _plain(other, x)).abs().max() < 1e-5
+        assert (cnn(x) - first).abs().max() > 1e-3
+        cnn.conv_layers[1].weight.mul_(0.5)  # an optimizer-style in-place update
+        assert (cnn(x) - _plain(cnn, x)).abs().max() < 1e-5
+        cnn.conv_layers[2].bias.fill_(float("nan"))  # broken weights still show as NaN
+        assert bool(torch.isnan(cnn(x)).all())
+        cnn.load_state_dict(other.state_dict())
+        twin = copy.deepcopy(cnn)  # packed oneDNN tensors are not copied
+        again = pickle.loads(pickle.dumps(cnn))
+        assert torch.equal(twin(x), cnn(x)) and torch.equal(again(x), cnn(x))
+
+
+def test_fused_bf16_autocast_stays_close_to_fp32():
+    from policies.policy import supports_bf16
+
+    if not supports_bf16("cpu"):
+        pytest.skip("no native bf16 on this CPU")
+    torch.manual_seed(6)
+    cnn = PerceptionCNN((78, 200)).eval()
+    x = torch.randint(0, 256, (4, 78, 200, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        fp32 = _plain(cnn, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert cnn._fast_dtype(x) in (torch.bfloat16, None)
+            fast = cnn(x)
+            plain = _plain(cnn, x)
+    assert fast.dtype == torch.float32
+    scale = float(fp32.abs().max())
+    # bf16 keeps 8 bits of mantissa: the fused and the plain autocast agree with fp32 alike
+    assert float((fast - fp32).abs().max()) < 0.02 * scale
+    assert float((fast - fp32).abs().max()) < 3 * float((plain.float() - fp32).abs().max()) + 1e-6
