@@ -147,6 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="rounds; the best is kept")
     ap.add_argument("--expert-seeds", type=int, default=3,
                     help="full expert episodes per env for the quality numbers (0 = skip)")
+    ap.add_argument("--only", metavar="PREFIX", default="",
+                    help="run only the measurements whose name starts with PREFIX (e.g. render)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     jobs = [
@@ -158,6 +160,7 @@ def main(argv=None) -> int:
         ("step_randomroad", lambda: bench_step("liquid_drive/RandomRoad-v0", args.frames, args.rounds)),
         ("racetrack_physics_expert_no_camera", lambda: bench_physics(args.frames, args.rounds)),
     ]
+    jobs = [(n, j) for n, j in jobs if n.startswith(args.only)]
     results = {}
     for name, job in tqdm(jobs, desc="bench_envs", file=sys.stderr):
         results[name] = job()
@@ -180,10 +183,10 @@ def main(argv=None) -> int:
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "opencv": cv2.__version__},
         "targets": targets,
-        "met": {
-            "render_78x200_depth": results["render_78x200_depth"]["per_s_cpu"] >= 1000,
-            "step_racetrack": results["step_racetrack"]["per_s_cpu"] >= 500,
-        },
+        "met": {k: results[r]["per_s_cpu"] >= v for k, r, v in (
+            ("render_78x200_depth", "render_78x200_depth", 1000),
+            ("render_78x200_depth_8_looks", "render_78x200_depth_8_looks", 1000),
+            ("step_racetrack", "step_racetrack", 500)) if r in results},
         "results": results,
         "expert": expert,
     }
