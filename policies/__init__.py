@@ -3,7 +3,6 @@
 # perception, policies, factory, checkpoints (policies/cnn.py, policy.py, factory.py, checkpoint.py)
 # and the liquid core (policies/wiring.py, ltc.py, cfc.py, ncps_compat.py)
 from policies.cfc import CfC as CfC  # noqa: E402
-from policies.checkpoint import load_optimizer_state as load_optimizer_state  # noqa: E402
 from policies.checkpoint import load_policy as load_policy  # noqa: E402
 from policies.checkpoint import save_checkpoint as save_checkpoint  # noqa: E402
 from policies.cnn import PerceptionCNN as PerceptionCNN  # noqa: E402

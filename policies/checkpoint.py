@@ -7,10 +7,9 @@ A RUN directory holds
   what is needed to rebuild the policy from the directory alone: ``policy`` (factory name),
   ``image_hw``, ``policy_spec`` (factory keyword arguments, the wiring written out),
   ``tensors`` (name → shape, dtype), ``files`` (name → SHA-256), ``package_version``;
-- optionally ``optimizer.safetensors`` + ``optimizer.json``: any nested training state
-  (optimizer/scheduler ``state_dict``, epoch, RNG states) split into tensors and a JSON
-  skeleton that points at them, so resuming needs no pickle either;
-- optionally ``extra.safetensors``: named tensors the caller wants kept beside the model.
+
+Resumable training state (optimizer moments, RNG, counters) is not part of a checkpoint: it
+has one format of its own, `policies.training_state` (``RUN/last/state.safetensors``).
 
 Every file is written to a temporary name, fsynced and moved into place with ``os.replace``;
 ``config.json`` goes last and records the SHA-256 of the other files, so a save interrupted
@@ -28,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
@@ -47,9 +45,8 @@ FORMAT = "liquid-drive-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_JSON = "optimizer.json"
-EXTRA_FILE = "extra.safetensors"
+#: Files of the training-state API that earlier versions kept inside a checkpoint.
+_OLD_FILES = ("optimizer.safetensors", "optimizer.json", "extra.safetensors")
 # Keys of config.json that save_checkpoint owns (derived from the policy).
 RESERVED_KEYS = ("policy", "image_hw", "policy_spec", "parameters", "parameter_breakdown",
                  "core", "tensors", "files", "package_version", "format", "format_version")
@@ -122,73 +119,6 @@ def _write_json(run_dir: Path, name: str, obj: Any) -> Path:
     return _stage(run_dir, name, (_dumps(obj) + "\n").encode("utf-8"))
 
 
-# ---------------------------------------------------------------------- nested state
-def flatten_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Split a nested training state into a JSON skeleton and named tensors (no pickle).
-
-    Tensors and numpy arrays become ``{"__tensor__": key}`` / ``{"__ndarray__": key}``;
-    tuples and dicts with non-string keys (optimizer states are keyed by parameter index)
-    are tagged so `unflatten_state` restores them exactly.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-
-    def enc(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            key = f"t{len(tensors)}"
-            tensors[key] = x
-            return {"__tensor__": key}
-        if isinstance(x, np.ndarray):
-            key = f"t{len(tensors)}"
-            tensors[key] = torch.from_numpy(np.ascontiguousarray(x))
-            return {"__ndarray__": key}
-        if isinstance(x, np.generic):
-            return x.item()
-        if x is None or isinstance(x, (bool, int, float, str)):
-            return x
-        if isinstance(x, tuple):
-            return {"__tuple__": [enc(v) for v in x]}
-        if isinstance(x, list):
-            return [enc(v) for v in x]
-        if isinstance(x, dict):
-            if all(isinstance(k, str) and not k.startswith("__") for k in x):
-                return {k: enc(v) for k, v in x.items()}
-            return {"__dict__": [[enc(k), enc(v)] for k, v in x.items()]}
-        raise ValueError(
-            f"cannot store a {type(x).__name__} in a checkpoint without pickle; use tensors, "
-            "arrays, numbers, strings, lists, tuples and dicts"
-        )
-
-    return enc(state), tensors
-
-
-def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of `flatten_state`."""
-
-    def dec(x: Any) -> Any:
-        if isinstance(x, list):
-            return [dec(v) for v in x]
-        if isinstance(x, dict):
-            if "__tensor__" in x:
-                return tensors[x["__tensor__"]]
-            if "__ndarray__" in x:
-                return tensors[x["__ndarray__"]].numpy()
-            if "__tuple__" in x:
-                return tuple(dec(v) for v in x["__tuple__"])
-            if "__dict__" in x:
-                return {_hashable(dec(k)): dec(v) for k, v in x["__dict__"]}
-            return {k: dec(v) for k, v in x.items()}
-        return x
-
-    try:
-        return dec(skeleton)
-    except KeyError as exc:
-        raise ValueError(f"training state refers to tensor {exc} missing from its file") from None
-
-
-def _hashable(k: Any) -> Any:
-    return tuple(k) if isinstance(k, list) else k
-
-
 # ---------------------------------------------------------------------- save
 def _core_summary(policy: Policy) -> dict[str, Any]:
     core = policy.core
@@ -206,14 +136,11 @@ def save_checkpoint(
     run_dir: str | os.PathLike,
     policy: Policy,
     config: dict[str, Any] | None = None,
-    *,
-    optimizer_state: Any = None,
-    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the policy (and optionally resumable training state) to `run_dir` atomically.
+    """Write the policy (weights + config) to `run_dir` atomically; returns the directory.
 
-    ``optimizer_state`` is any nested state (e.g. ``{"optimizer": opt.state_dict(),
-    "epoch": 3}``); read it back with `load_optimizer_state`. Returns the directory.
+    Training state (optimizer moments, RNG, counters) is not part of a checkpoint: it has
+    its own format in `policies.training_state` (RUN/last/state.safetensors).
     """
     for attr in ("module", "_orig_mod"):  # DistributedDataParallel / torch.compile wrappers
         inner = getattr(policy, attr, None)
@@ -231,7 +158,7 @@ def save_checkpoint(
         raise ValueError(f"{run} exists and is not a directory; give a RUN directory to save into")
     run.mkdir(parents=True, exist_ok=True)
 
-    for name in (MODEL_FILE, CONFIG_FILE, OPTIMIZER_TENSORS, OPTIMIZER_JSON, EXTRA_FILE):
+    for name in (MODEL_FILE, CONFIG_FILE, *_OLD_FILES):
         for pattern in (f".{name}.*.tmp", f"..{name}.*.tmp"):  # left by a killed save
             for stale in run.glob(pattern):
                 stale.unlink(missing_ok=True)
@@ -239,12 +166,6 @@ def save_checkpoint(
     staged: dict[str, Path] = {}
     try:
         staged[MODEL_FILE] = _write_tensors(run, MODEL_FILE, state)
-        if optimizer_state is not None:
-            skeleton, tensors = flatten_state(optimizer_state)
-            staged[OPTIMIZER_TENSORS] = _write_tensors(run, OPTIMIZER_TENSORS, tensors)
-            staged[OPTIMIZER_JSON] = _write_json(run, OPTIMIZER_JSON, {"format": FORMAT, "state": skeleton})
-        if extra_tensors:
-            staged[EXTRA_FILE] = _write_tensors(run, EXTRA_FILE, dict(extra_tensors))
         full = dict(config)
         full.update(
             format=FORMAT,
@@ -272,9 +193,8 @@ def save_checkpoint(
     for name, tmp in staged.items():
         os.replace(tmp, run / name)
     os.replace(staged_config, run / CONFIG_FILE)  # last: it vouches for the files above
-    for name in (OPTIMIZER_TENSORS, OPTIMIZER_JSON, EXTRA_FILE):
-        if name not in staged:  # stale files of an earlier save would no longer match
-            (run / name).unlink(missing_ok=True)
+    for name in _OLD_FILES:  # written by saves of an earlier version; the config no longer vouches
+        (run / name).unlink(missing_ok=True)
     fsync_dir(run)
     return run
 
@@ -448,30 +368,3 @@ def _diff(a: dict[str, Any], b: dict[str, Any], an: str, bn: str) -> str:
         parts.append("shape/dtype differs for " + ", ".join(
             f"{k} ({an} {a[k][0]} {a[k][1]}, {bn} {b[k][0]} {b[k][1]})" for k in bad[:5]))
     return "; ".join(parts)
-
-
-def load_optimizer_state(run_dir: str | os.PathLike) -> Any | None:
-    """The training state saved with ``optimizer_state=``, or None when the save had none."""
-    path = resolve_run_dir(run_dir)
-    config = read_config(path)
-    if OPTIMIZER_TENSORS not in config["files"]:
-        return None
-    _check_file(path, OPTIMIZER_TENSORS, config)
-    _check_file(path, OPTIMIZER_JSON, config)
-    tensors = _load_tensors(path / OPTIMIZER_TENSORS)
-    try:
-        doc = json.loads((path / OPTIMIZER_JSON).read_text(encoding="utf-8"))
-        skeleton = doc["state"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path / OPTIMIZER_JSON} is unreadable: {exc}") from None
-    return unflatten_state(skeleton, tensors)
-
-
-def load_extra_tensors(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors saved with ``extra_tensors=`` (empty dict when none)."""
-    path = resolve_run_dir(run_dir)
-    config = read_config(path)
-    if EXTRA_FILE not in config["files"]:
-        return {}
-    _check_file(path, EXTRA_FILE, config)
-    return _load_tensors(path / EXTRA_FILE)

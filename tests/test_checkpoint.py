@@ -1,7 +1,6 @@
 """Checkpoints: safetensors + JSON, atomic, rebuilt from the directory alone, no pickle."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -9,19 +8,14 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from policies.checkpoint import (
-    flatten_state,
-    load_extra_tensors,
-    load_optimizer_state,
     load_policy,
     read_config,
     save_checkpoint,
-    unflatten_state,
 )
 from policies.factory import build_policy
 
@@ -73,58 +67,17 @@ def test_random_wiring_is_restored_not_redrawn(tmp_path):
     assert q.core.wiring == w
 
 
-def test_optimizer_state_resumes_bit_identically(tmp_path):
-    p = build_policy("ncp-cfc", image_hw=HW, seed=0)
-    opt = torch.optim.Adam([{"params": p.cnn.parameters(), "lr": 1e-4},
-                            {"params": list(p.core.parameters()) + list(p.readout.parameters())}],
-                           lr=1e-3)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    train_step(p, opt)
-    sched.step()
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": 1,
-             "rng": torch.get_rng_state(), "np_rng": np.random.default_rng(3).bit_generator.state}
-    save_checkpoint(tmp_path, p, {"epochs": 5}, optimizer_state=state)
-    assert (tmp_path / "optimizer.safetensors").is_file()
-    q, _ = load_policy(tmp_path)
-    q.train()
-    back = load_optimizer_state(tmp_path)
-    assert back["epoch"] == 1 and torch.equal(back["rng"], state["rng"])
-    assert back["np_rng"] == state["np_rng"]
-    opt2 = torch.optim.Adam([{"params": q.cnn.parameters(), "lr": 1e-4},
-                             {"params": list(q.core.parameters()) + list(q.readout.parameters())}],
-                            lr=1e-3)
-    opt2.load_state_dict(back["optimizer"])
-    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
-    sched2.load_state_dict(back["scheduler"])
-    for s in (1, 2):
-        train_step(p, opt, seed=s)
-        train_step(q, opt2, seed=s)
-    for (k, a), b in zip(p.state_dict().items(), q.state_dict().values()):
-        assert torch.equal(a, b), k
-
-
-def test_flatten_roundtrip_of_nested_state():
-    state = {"a": (1, 2.5, None, "x"), 3: {"t": torch.arange(4.0), "n": np.eye(2)},
-             "nan": math.inf, "__odd": [True, torch.tensor(7)]}
-    skel, tensors = flatten_state(state)
-    json.dumps(skel)  # JSON only
-    back = unflatten_state(json.loads(json.dumps(skel)), tensors)
-    assert back["a"] == (1, 2.5, None, "x")
-    assert torch.equal(back[3]["t"], torch.arange(4.0)) and np.array_equal(back[3]["n"], np.eye(2))
-    assert back["nan"] == math.inf and back["__odd"][0] is True
-    with pytest.raises(ValueError, match="without pickle"):
-        flatten_state({"f": object()})
-
-
-def test_saving_without_optimizer_removes_a_stale_one(tmp_path):
+def test_a_checkpoint_holds_the_policy_only_and_drops_old_training_state_files(tmp_path):
+    """Training state has one format (policies.training_state); files an earlier version kept
+    in the checkpoint are removed on save, since the config no longer vouches for them."""
     p = build_policy("gru", image_hw=HW)
-    save_checkpoint(tmp_path, p, {}, optimizer_state={"step": torch.tensor(1)},
-                    extra_tensors={"mean": torch.ones(3)})
-    assert torch.equal(load_extra_tensors(tmp_path)["mean"], torch.ones(3))
+    for name in ("optimizer.safetensors", "optimizer.json", "extra.safetensors"):
+        (tmp_path / name).write_bytes(b"old")
     save_checkpoint(tmp_path, p, {})
-    assert load_optimizer_state(tmp_path) is None
-    assert load_extra_tensors(tmp_path) == {}
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    import policies.checkpoint as ck
+
+    assert not hasattr(ck, "load_optimizer_state") and not hasattr(ck, "flatten_state")
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
@@ -166,7 +119,7 @@ def test_killed_saves_never_leave_a_half_written_checkpoint(tmp_path):
             with torch.no_grad():
                 for q in p.parameters():
                     q.add_(0.01)
-            save_checkpoint({str(run)!r}, p, {{"i": i}}, optimizer_state={{"i": torch.tensor(i)}})
+            save_checkpoint({str(run)!r}, p, {{"i": i}})
     """)
     progressed = []
     for delay in (0.0, 0.137):
@@ -188,7 +141,7 @@ def test_killed_saves_never_leave_a_half_written_checkpoint(tmp_path):
         shift = float((q.readout.bias - build_policy("lstm", image_hw=HW).readout.bias).detach())
         assert abs(shift - 0.01 * cfg["i"]) < 1e-4  # weights and config from the same save
         assert sorted(f for f in os.listdir(run) if not f.startswith(".")) == [
-            "config.json", "model.safetensors", "optimizer.json", "optimizer.safetensors"]
+            "config.json", "model.safetensors"]
         progressed.append(cfg["i"])
     assert len(progressed) >= 1 and all(i >= 2 for i in progressed)  # killed mid-run of saves
 
@@ -334,11 +287,9 @@ def _expected_mode() -> int:
 def test_checkpoint_and_onnx_files_have_the_usual_mode_not_0600(tmp_path):
     """Issue 12 item 10: mkstemp made checkpoints 0600 while every other output is 0644."""
     p = build_policy("ncp-cfc", image_hw=HW)
-    save_checkpoint(tmp_path / "run", p, {"x": 1}, optimizer_state={"step": torch.ones(2)},
-                    extra_tensors={"e": torch.zeros(3)})
+    save_checkpoint(tmp_path / "run", p, {"x": 1})
     files = sorted((tmp_path / "run").iterdir())
-    assert {f.name for f in files} == {"model.safetensors", "config.json", "optimizer.safetensors",
-                                       "optimizer.json", "extra.safetensors"}
+    assert {f.name for f in files} == {"model.safetensors", "config.json"}
     for f in files:
         assert (f.stat().st_mode & 0o777) == _expected_mode(), f.name
     pytest.importorskip("onnx")
