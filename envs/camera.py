@@ -279,6 +279,8 @@ class DashcamRenderer:
         self._small_group = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         self._small_is_shadow = self._small_group == self.G_SHADOW
         self._small_centre = self._small.mean(1)
+        # shadows are drawn as far as the road, the rest as far as the markings
+        self._small_reach = np.where(self._small_is_shadow, self.ROAD_RANGE_M, self.MARKING_RANGE_M)
         self._small_radius = float(np.sqrt(((self._small - self._small_centre[:, None]) ** 2).sum(-1)).max()) \
             if len(self._small) else 0.0
         self._n_groups = self.G_DASH + max(len(colours), 1)
@@ -503,20 +505,20 @@ class DashcamRenderer:
                 out[i].append(uv[a:b])
         return out
 
-    def _polys(self, polys: np.ndarray, group: np.ndarray) -> list[list[np.ndarray]]:
-        """Project small ground polygons (K,V,2); returns their contours per group.
+    def _polys(self) -> list[list[np.ndarray]]:
+        """Project the small ground polygons (`_small`, (K,V,2)); returns their contours per group.
 
         Polygons wholly behind the near plane or outside the image are culled, and all but
         shadows beyond the marking range; the few that cross the near plane are clipped
         one by one.
         """
         out: list[list[np.ndarray]] = [[] for _ in range(self._n_groups)]
+        polys, group = self._small, self._small_group
         if len(polys) == 0:
             return out
         # cull by centroid first: most polygons are far away or behind
         cf = (self._small_centre - self._C) @ self._d
-        cand = (cf > -self._small_radius) & ((cf < self.MARKING_RANGE_M + self._small_radius)
-                                              | (group == self.G_SHADOW))
+        cand = (cf > -self._small_radius) & (cf < self._small_reach + self._small_radius)
         if not cand.all():
             polys, group = polys[cand], group[cand]
             if len(polys) == 0:
@@ -577,7 +579,7 @@ class DashcamRenderer:
                 cv2.fillPoly(img, bands[i], col, aa, SHIFT)
         if bands[self._road_band]:
             cv2.fillPoly(img, bands[self._road_band], self.c_asphalt, aa, SHIFT)
-        small = self._polys(self._small, self._small_group)
+        small = self._polys()
         if small[self.G_PATCH]:
             cv2.fillPoly(img, small[self.G_PATCH], self.c_patch, aa, SHIFT)
         if self._post:
