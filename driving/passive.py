@@ -83,13 +83,13 @@ def training_split(config: dict[str, Any], ds: Any) -> tuple[list[int] | None, i
     otherwise every episode of `ds` is unseen.
     """
     from driving.loader import split_episodes
-    from driving.train_run import dataset_fingerprint
+    from driving.train_run import fingerprint_matches
 
     info = config.get("dataset") or {}
     train = config.get("training") or {}
     n = int(info.get("episodes") or 0)
     fp = info.get("fingerprint")
-    if not n or not fp or len(ds.episodes) < n or dataset_fingerprint(ds, n) != fp:
+    if not n or not fingerprint_matches(ds, n, fp):
         return None, 0, "the checkpoint was not trained on this dataset: every episode is unseen"
     names = [e.name for e in ds.episodes[:n]]
     _, val = split_episodes(names, float(train.get("val_fraction", 0.2)), int(train.get("seed", 0)))

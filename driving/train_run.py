@@ -173,11 +173,28 @@ def open_dataset(root: str | Path):
 
 
 def dataset_fingerprint(dataset, episodes: int | None = None) -> str:
-    """SHA-256 of the dataset's episode index (its first `episodes` entries), as hex: any
-    re-recorded, dropped or edited episode changes it."""
+    """The fingerprint a new run records: `driving.dataset.fingerprint` of its first
+    `episodes` episodes (their data and metadata, without the recording time or host, so
+    a same-seed re-recording of the same data matches; docs/dataset.md)."""
+    from driving.dataset import fingerprint
+
+    return fingerprint(dataset, episodes)
+
+
+def legacy_fingerprint(dataset, episodes: int | None = None) -> str:
+    """The fingerprint runs recorded before `driving.dataset.fingerprint` existed: SHA-256
+    of the episode index (name, length, all metadata, the recording time included)."""
     index = [{"name": e.name, "length": int(e.length), "meta": e.meta}
              for e in list(dataset.episodes)[: episodes if episodes is not None else None]]
     return hashlib.sha256(json.dumps(index, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def fingerprint_matches(dataset, episodes: int, recorded: str | None) -> bool:
+    """Whether the first `episodes` episodes are the data a run recorded as `recorded`
+    (its fingerprint of either kind: runs made before the current one still resume)."""
+    if not recorded or len(dataset.episodes) < episodes:
+        return False
+    return recorded in (dataset_fingerprint(dataset, episodes), legacy_fingerprint(dataset, episodes))
 
 
 def _json_default(o: Any) -> Any:
@@ -308,7 +325,7 @@ def merge_resume_config(cfg: TrainConfig, saved: dict, explicit: set[str]) -> Tr
 def check_dataset_unchanged(dataset, run: RunState, data_root: str) -> None:
     """On resume the data must be what the run saw, plus this run's own DAgger episodes."""
     n = run.dataset_episodes
-    if len(dataset.episodes) < n or dataset_fingerprint(dataset, n) != run.dataset_fingerprint:
+    if not fingerprint_matches(dataset, n, run.dataset_fingerprint):
         raise UserError(f"--resume: dataset {data_root} changed since this run was started (its episode "
                         "index no longer matches the run's fingerprint); train a new --out on the new data")
     for ep in dataset.episodes[n:]:

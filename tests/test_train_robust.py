@@ -280,3 +280,25 @@ def test_bf16_where_unsupported_exits_2(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runio, "supports_bf16", lambda device: False)
     assert main(small_args(data, tmp_path / "r", "--precision", "bf16")) == 2
     assert "available: fp32" in capsys.readouterr().err
+
+
+def test_a_same_seed_re_recording_matches_the_runs_fingerprint(tmp_path):
+    """Issue 12 item 12: two recordings of the same seeds differ only in `recorded_at`; the
+    run's fingerprint must not see that (and older runs' index fingerprints still match)."""
+    from driving.collect import collect
+    from driving.dataset import Dataset
+    from driving.train_run import dataset_fingerprint, fingerprint_matches, legacy_fingerprint
+    from tests.fake_drive_env import FAKE_ID
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    collect(FAKE_ID, 2, 12, a, progress=False)
+    time.sleep(1.1)  # a later recording time
+    collect(FAKE_ID, 2, 12, b, progress=False)
+    da, db = Dataset(a), Dataset(b)
+    assert [e.meta["recorded_at"] for e in da.episodes] != [e.meta["recorded_at"] for e in db.episodes]
+    assert legacy_fingerprint(da) != legacy_fingerprint(db)  # what the old fingerprint saw
+    assert dataset_fingerprint(da) == dataset_fingerprint(db)
+    assert fingerprint_matches(db, 2, dataset_fingerprint(da))
+    assert fingerprint_matches(da, 2, legacy_fingerprint(da))  # a run recorded before the change
+    collect(FAKE_ID, 1, 12, tmp_path / "c", seed=5, progress=False)
+    assert not fingerprint_matches(Dataset(tmp_path / "c"), 1, dataset_fingerprint(da, 1))
