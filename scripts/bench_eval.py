@@ -5,8 +5,19 @@ and bf16 where the CPU has it).
     .venv/bin/python scripts/bench_eval.py --json bench_eval.json [--steps 200] [--episodes 16]
 
 Targets (issue 6): the policy step (CNN + NCP, batch 1, one thread) <= 5 ms; fog <= ~1 ms at
-78x200. Everything runs with one torch thread per process; compare numbers within one run
-(the machine is shared, absolute timings move with its load).
+78x200. Issue 14: closed-loop steps per CPU second with K episodes in lock step >= 2x one at a
+time (fp32), more with bf16. Everything runs with one torch thread per process; compare
+numbers within one run (the machine is shared, absolute timings move with its load).
+
+Every closed-loop run also splits its CPU time into the policy step (CNN + core, measured
+around `Policy.step`) and the rest (env physics + dashcam render, recoveries, corruption,
+bookkeeping), so the Amdahl bound of lock-step batching is printed from measurement: batching
+only shrinks the policy's share, so K1 / K1-or-any-K can at best reach
+(K1 ms per step) / (rest ms per step at K). ``--plain-cnn`` (default on) also runs K=1 and
+the largest K with the CNN's fused inference path switched off
+(`PerceptionCNN.fast_inference = False`: the plain nn.Conv2d modules, with the same two-pass
+whitening), to show what the fused path gives within one run. The closed-loop runs include
+each run's setup (loading the checkpoint, building K envs), as an evaluation does.
 """
 
 from __future__ import annotations
@@ -73,43 +84,111 @@ def bench_corruptions(n: int) -> dict:
                    for s in (1, 5)} for name in C.CORRUPTIONS}
 
 
+class _PolicyClock:
+    """Thread-CPU seconds spent inside `Policy.step` and in the CNN (`Policy.features`) while
+    active: the class methods are wrapped for the duration of one closed-loop run."""
+
+    def __init__(self) -> None:
+        self.policy_s = 0.0
+        self.cnn_s = 0.0
+
+    def __enter__(self) -> _PolicyClock:
+        from policies.policy import Policy
+
+        self._saved = (Policy.step, Policy.features)
+        step, features = self._saved
+
+        def timed_step(p, *a, **k):
+            c = time.thread_time()
+            try:
+                return step(p, *a, **k)
+            finally:
+                self.policy_s += time.thread_time() - c
+
+        def timed_features(p, *a, **k):
+            c = time.thread_time()
+            try:
+                return features(p, *a, **k)
+            finally:
+                self.cnn_s += time.thread_time() - c
+
+        Policy.step, Policy.features = timed_step, timed_features
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from policies.policy import Policy
+
+        Policy.step, Policy.features = self._saved
+
+
 def bench_closed_loop(run_dir: str, env_id: str, corruption: str, severity: int, steps: int,
-                      episodes: int, batches: list[int], precisions: list[str], repeats: int) -> dict:
+                      episodes: int, batches: list[int], precisions: list[str], repeats: int,
+                      plain_cnn: bool = True) -> dict:
     """Closed-loop steps/s on one core: one episode at a time vs K in lock step (one process,
     one thread). Each setting runs ``repeats`` times, interleaved, best kept; steps per CPU
-    second (process time) is the per-core figure, wall steps/s is beside it."""
+    second (process time) is the per-core figure, wall steps/s is beside it. Each row also
+    gives the CPU ms per step inside the policy step, in the CNN, and in everything else."""
     from driving.evaluate import EvalSpec, Task, run_tasks
+    from policies.cnn import PerceptionCNN
 
     task_list = [Task("policy", corruption, severity, i) for i in range(episodes)]
     out: dict = {"env": env_id, "corruption": corruption, "severity": severity, "steps": steps,
                  "episodes": episodes, "runs": {}}
-    settings = [(k, p) for p in precisions for k in batches]
+    settings = [(k, p, True) for p in precisions for k in batches]
+    if plain_cnn:
+        settings += [(k, "fp32", False) for k in sorted({min(batches), max(batches)})]
     best: dict[str, dict] = {}
     for _ in range(repeats):
-        for k, prec in settings:
+        for k, prec, fused in settings:
             spec = EvalSpec(checkpoint=run_dir, env_id=env_id, episodes=episodes, corruptions=(corruption,),
                             severities=(severity,), steps=steps, expert_reference=False, batch_episodes=k,
                             precision=prec)
-            t, c = time.perf_counter(), time.process_time()
-            res = run_tasks(spec, task_list, workers=1, progress=False)
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            PerceptionCNN.fast_inference = fused
+            try:
+                with _PolicyClock() as clock:
+                    t, c = time.perf_counter(), time.process_time()
+                    res = run_tasks(spec, task_list, workers=1, progress=False)
+                    wall, cpu = time.perf_counter() - t, time.process_time() - c
+            finally:
+                PerceptionCNN.fast_inference = True
             total = sum(r["steps"] for r in res)
-            key = f"K{k}_{prec}"
-            row = {"batch_episodes": k, "precision": prec, "wall_s": wall, "cpu_s": cpu,
+            key = f"K{k}_{prec}" + ("" if fused else "_plain_cnn")
+            row = {"batch_episodes": k, "precision": prec, "cnn_path": "fused" if fused else "plain",
+                   "wall_s": wall, "cpu_s": cpu,
                    "steps": total, "steps_per_s": total / wall, "steps_per_cpu_s": total / cpu,
+                   "cpu_ms_per_step": 1e3 * cpu / total,
+                   "policy_cpu_ms_per_step": 1e3 * clock.policy_s / total,
+                   "cnn_cpu_ms_per_step": 1e3 * clock.cnn_s / total,
+                   "rest_cpu_ms_per_step": 1e3 * (cpu - clock.policy_s) / total,
                    "mean_abs_cross_track_m": float(np.mean([r["mean_abs_cross_track_m"] for r in res])),
-                   "crashes": int(sum(r["crashes"] for r in res))}
+                   "crashes": int(sum(r["crashes"] for r in res)),
+                   "interventions": int(sum(r.get("interventions", 0) for r in res))}
             if key not in best or row["steps_per_cpu_s"] > best[key]["steps_per_cpu_s"]:
                 best[key] = row
     out["runs"] = best
-    base = best[f"K1_{precisions[0]}"]["steps_per_cpu_s"]
+    base_key = f"K{min(batches)}_{precisions[0]}"
+    base = best[base_key]["steps_per_cpu_s"]
     out["speedup_vs_K1_fp32"] = {k: v["steps_per_cpu_s"] / base for k, v in best.items()}
+    # Amdahl: lock-step batching amortises the policy step only; the rest stays per step.
+    t1 = best[base_key]["cpu_ms_per_step"]
+    out["amdahl"] = {
+        "K1_fp32_cpu_ms_per_step": t1,
+        "bound_if_policy_were_free": {k: t1 / v["rest_cpu_ms_per_step"] for k, v in best.items()
+                                      if v["batch_episodes"] > 1},
+        "policy_share": {k: v["policy_cpu_ms_per_step"] / v["cpu_ms_per_step"] for k, v in best.items()},
+        "note": "bound = K1 CPU ms per step / the rest's CPU ms per step at that K (env physics, "
+                "dashcam render, recoveries, corruption, bookkeeping): the speed-up if the policy "
+                "step cost nothing",
+    }
     return out
 
 
-def bench_step_split(env_id: str, n: int) -> dict:
-    """Where a closed-loop step's time goes: the env (physics + dashcam render) vs the policy."""
+def bench_step_split(env_id: str, n: int, bf16: bool) -> dict:
+    """Where a closed-loop step's time goes: the env (physics + dashcam render) vs the policy
+    step per frame at K = 1, 8, 16 — fused CNN path, plain modules, and bf16 — timed in
+    interleaved rounds (median thread-CPU time)."""
     from envs.contract import make_env
+    from policies.cnn import PerceptionCNN
     from policies.factory import build_policy
 
     env = make_env(env_id, max_steps=n + 10)
@@ -119,13 +198,23 @@ def bench_step_split(env_id: str, n: int) -> dict:
     frame = env.reset(seed=0)[0]["image"]
     p = build_policy("ncp-cfc").eval()
     out = {"env_step_ms": env_ms, "env_step_cpu_ms": env_cpu}
+    configs = [("", "fp32", True), ("_plain_cnn", "fp32", False)] + ([("_bf16", "bf16", True)] if bf16 else [])
     with torch.inference_mode():
         for k in (1, 8, 16):
             frames = np.repeat(frame[None], k, axis=0)
             h = p.initial_state(k)
             dt = torch.full((k,), 0.1)
-            ms, cpu = _timed(lambda frames=frames, h=h, dt=dt: p.step(frames, h, dt), max(20, n // k), warmup=5)
-            out[f"policy_step_K{k}_cpu_ms_per_frame"] = cpu / k
+            cpu: dict[str, list[float]] = {tag: [] for tag, _, _ in configs}
+            for r in range(max(20, n // k) + 3):
+                for tag, prec, fused in configs:
+                    p.precision, PerceptionCNN.fast_inference = prec, fused
+                    c = time.thread_time()
+                    p.step(frames, h, dt)
+                    if r >= 3:
+                        cpu[tag].append(time.thread_time() - c)
+            p.precision, PerceptionCNN.fast_inference = "fp32", True
+            for tag, ts in cpu.items():
+                out[f"policy_step_K{k}{tag}_cpu_ms_per_frame"] = float(np.median(ts)) * 1e3 / k
     return out
 
 
@@ -142,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-repeats", type=int, default=2, help="interleaved repeats of each closed-loop setting")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure bf16 autocast of the CNN where supported")
+    ap.add_argument("--plain-cnn", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run K=min and K=max fp32 with the CNN's fused inference path off")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from policies.checkpoint import save_checkpoint
@@ -165,22 +256,35 @@ def main(argv: list[str] | None = None) -> int:
 
         if getattr(P, "supports_bf16", lambda d: False)("cpu"):
             precisions.append("bf16")
-    result["step_split"] = bench_step_split(args.env, 100)
+    result["step_split"] = bench_step_split(args.env, 100, "bf16" in precisions)
     with tempfile.TemporaryDirectory() as tmp:
         run = os.path.join(tmp, "run")
         save_checkpoint(run, build_policy("ncp-cfc"), {"note": "untrained, benchmark only"})
         result["closed_loop_ncp_cfc"] = bench_closed_loop(run, args.env, args.corruption, args.severity,
                                                           args.steps, args.episodes, batches, precisions,
-                                                          args.loop_repeats)
+                                                          args.loop_repeats, args.plain_cnn)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     ps = result["policy_step"]["ncp-cfc"]
     cl = result["closed_loop_ncp_cfc"]
     print(f"ncp-cfc step {ps['step_ms']:.2f} ms wall, {ps['step_cpu_ms']:.2f} ms CPU (cnn "
           f"{ps['cnn_cpu_ms']:.2f} ms CPU); env step {result['step_split']['env_step_cpu_ms']:.2f} ms CPU",
           file=sys.stderr)
+    split = result["step_split"]
+    print("  CNN + core per frame (CPU ms), fused path / plain modules: " + ", ".join(
+        f"K{k} {split[f'policy_step_K{k}_cpu_ms_per_frame']:.2f} / "
+        f"{split[f'policy_step_K{k}_plain_cnn_cpu_ms_per_frame']:.2f}"
+        + (f" (bf16 {split[f'policy_step_K{k}_bf16_cpu_ms_per_frame']:.2f})"
+           if f"policy_step_K{k}_bf16_cpu_ms_per_frame" in split else "") for k in (1, 8, 16)),
+        file=sys.stderr)
+    print(f"  {'setting':22s} {'steps/CPU-s':>11s} {'wall':>6s} {'vs K1':>6s} {'ms/step':>8s} "
+          f"{'policy':>7s} {'cnn':>6s} {'rest':>6s}", file=sys.stderr)
     for key, row in cl["runs"].items():
-        print(f"  {key}: {row['steps_per_cpu_s']:.0f} steps per CPU s ({row['steps_per_s']:.0f} wall), "
-              f"x{cl['speedup_vs_K1_fp32'][key]:.2f} vs K1 fp32", file=sys.stderr)
+        print(f"  {key:22s} {row['steps_per_cpu_s']:11.0f} {row['steps_per_s']:6.0f} "
+              f"{cl['speedup_vs_K1_fp32'][key]:6.2f} {row['cpu_ms_per_step']:8.2f} "
+              f"{row['policy_cpu_ms_per_step']:7.2f} {row['cnn_cpu_ms_per_step']:6.2f} "
+              f"{row['rest_cpu_ms_per_step']:6.2f}", file=sys.stderr)
+    print("  Amdahl bound (K1 ms/step ÷ the rest's ms/step, i.e. a free policy): " + ", ".join(
+        f"{k} {v:.2f}x" for k, v in cl["amdahl"]["bound_if_policy_were_free"].items()), file=sys.stderr)
     print(f"→ {args.json}", file=sys.stderr)
     return 0
 

@@ -4,9 +4,10 @@
    step ≤ 5 ms on one thread at 78×200. Policies are timed in interleaved rounds so that load
    from other processes hits all of them alike; the minimum is the machine's capability, the
    median what a busy machine gives.
-2. The CNN alone (forward, no grad) at batch 1 and 16, fp32 and bf16 autocast
-   (`Policy.features`, the path `Policy.step`/`forward` take with ``precision="bf16"``),
-   interleaved: ms per frame and achieved GFLOP/s from the layer shapes
+2. The CNN alone (forward, no grad) at batch 1, 8 and 16, fp32 and bf16 autocast
+   (`Policy.features`, the path `Policy.step`/`forward` take with ``precision="bf16"``), each
+   on the fused inference path and on the plain modules (`PerceptionCNN.fast_inference`),
+   interleaved, thread-CPU time: ms per frame and achieved GFLOP/s from the layer shapes
    (`PerceptionCNN.flops_per_frame`, 81.2 MFLOP at 78×200), beside the core's peak — both a
    measured one (a large single-thread matmul, fp32 and bf16) and the nominal one from the CPU
    flags and clock (FMA units × SIMD lanes × 2 × GHz; bf16 dot products at twice the fp32
@@ -63,7 +64,8 @@ def nominal_peak_gflops(fma_units: int) -> dict[str, Any]:
 
 
 def measured_peak_gflops(n: int = 1024, reps: int = 5) -> dict[str, float | None]:
-    """GFLOP/s of an n×n×n matmul on this thread: the attainable peak, fp32 and bf16."""
+    """GFLOP/s of an n×n×n matmul on this thread (best thread-CPU time, so load from other
+    processes does not count): the attainable peak, fp32 and bf16."""
     out: dict[str, float | None] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if dtype == torch.bfloat16 and not supports_bf16("cpu"):
@@ -71,7 +73,7 @@ def measured_peak_gflops(n: int = 1024, reps: int = 5) -> dict[str, float | None
             continue
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         torch.mm(a, b)
-        best = min(_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(reps))
+        best = min(_cpu_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(reps))
         out[name] = round(2 * n ** 3 / best / 1e9, 1)
     return out
 
@@ -113,35 +115,50 @@ def bench_steps(hw: tuple[int, int], rounds: int) -> dict[str, Any]:
 
 
 def bench_cnn(hw: tuple[int, int], rounds: int, batches: tuple[int, ...]) -> dict[str, Any]:
+    """The CNN forward per frame: fused inference path vs the plain modules
+    (`PerceptionCNN.fast_inference`), fp32 vs bf16 autocast, every batch size, interleaved."""
+    from policies.cnn import PerceptionCNN
+
     policy = build_policy("ncp-ltc", image_hw=hw).eval()
     flops = policy.cnn.flops_per_frame()
     precisions = ["fp32"] + (["bf16"] if supports_bf16("cpu") else [])
     rng = np.random.default_rng(1)
     inputs = {b: torch.from_numpy(rng.integers(0, 256, (b, *hw, 3), dtype=np.uint8)) for b in batches}
-    times: dict[tuple[int, str], list[float]] = {(b, p): [] for b in batches for p in precisions}
+    configs = [(b, p, path) for b in batches for p in precisions for path in ("fused", "plain")]
+    times: dict[tuple[int, str, str], list[float]] = {c: [] for c in configs}
     with torch.no_grad():
         for r in range(rounds + 3):  # interleaved: every configuration sees the same load
-            for b in batches:
-                for prec in precisions:
-                    policy.precision = prec
-                    t = _timed(lambda b=b: policy.features(inputs[b]))
-                    if r >= 3:
-                        times[(b, prec)].append(t / b)
+            for b, prec, path in configs:
+                policy.precision = prec
+                PerceptionCNN.fast_inference = path == "fused"
+                t = _cpu_timed(lambda b=b: policy.features(inputs[b]))
+                if r >= 3:
+                    times[(b, prec, path)].append(t / b)
     policy.precision = "fp32"
+    PerceptionCNN.fast_inference = True
     rows = []
-    for (b, prec), ts in times.items():
+    for (b, prec, path), ts in times.items():
         a = np.asarray(ts)
-        rows.append({"batch": b, "precision": prec,
+        rows.append({"batch": b, "precision": prec, "path": path,
                      "ms_per_frame_min": round(float(a.min()) * 1e3, 3),
                      "ms_per_frame_median": round(float(np.median(a)) * 1e3, 3),
                      "gflops_at_min": round(flops / float(a.min()) / 1e9, 1),
                      "gflops_at_median": round(flops / float(np.median(a)) / 1e9, 1)})
-    by = {(r["batch"], r["precision"]): r for r in rows}
-    speedups = {f"bf16_vs_fp32_batch{b}": round(by[(b, "fp32")]["ms_per_frame_median"]
-                                                 / by[(b, "bf16")]["ms_per_frame_median"], 2)
-                for b in batches if (b, "bf16") in by}
+    by = {(r["batch"], r["precision"], r["path"]): r for r in rows}
+    med = lambda b, p, path: by[(b, p, path)]["ms_per_frame_median"]  # noqa: E731
+    speedups = {f"bf16_vs_fp32_batch{b}": round(med(b, "fp32", "fused") / med(b, "bf16", "fused"), 2)
+                for b in batches if (b, "bf16", "fused") in by}
+    fused = {f"fused_vs_plain_{p}_batch{b}": round(med(b, p, "plain") / med(b, p, "fused"), 2)
+             for b in batches for p in precisions}
     return {"mflop_per_frame": round(flops / 1e6, 2), "rows": rows, "median_speedups": speedups,
-            "bf16_native": supports_bf16("cpu")}
+            "fused_speedups": fused, "bf16_native": supports_bf16("cpu"),
+            "timing": "thread CPU time per call, divided by the batch"}
+
+
+def _cpu_timed(fn) -> float:
+    c = time.thread_time()
+    fn()
+    return time.thread_time() - c
 
 
 def main() -> int:
@@ -158,7 +175,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     hw = (args.height, args.width)
     steps = bench_steps(hw, args.rounds)
-    cnn = bench_cnn(hw, args.cnn_rounds, (1, 16))
+    cnn = bench_cnn(hw, args.cnn_rounds, (1, 8, 16))
     peak = {"measured_matmul_1024": measured_peak_gflops(), "nominal": nominal_peak_gflops(args.fma_units)}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {"benchmark": "policy_step", "image_hw": list(hw), "threads": args.threads,
@@ -170,11 +187,13 @@ def main() -> int:
         print(f"{n:18s} {row['min_ms']:8.2f} {row['median_ms']:8.2f} {row['p95_ms']:8.2f} "
               f"{row.get('parameters', ''):>8}")
     print(f"\nCNN forward ({cnn['mflop_per_frame']} MFLOP/frame), ms/frame and GFLOP/s:")
-    print(f"{'batch':>5s} {'prec':>5s} {'min ms':>8s} {'median':>8s} {'GFLOP/s(min)':>13s} {'(median)':>9s}")
+    print(f"{'batch':>5s} {'prec':>5s} {'path':>6s} {'min ms':>8s} {'median':>8s} {'GFLOP/s(min)':>13s} "
+          f"{'(median)':>9s}")
     for r in cnn["rows"]:
-        print(f"{r['batch']:5d} {r['precision']:>5s} {r['ms_per_frame_min']:8.3f} "
+        print(f"{r['batch']:5d} {r['precision']:>5s} {r['path']:>6s} {r['ms_per_frame_min']:8.3f} "
               f"{r['ms_per_frame_median']:8.3f} {r['gflops_at_min']:13.1f} {r['gflops_at_median']:9.1f}")
-    print("bf16 speed-up (medians):", cnn["median_speedups"] or "n/a (no native bf16)")
+    print("bf16 speed-up, fused path (medians):", cnn["median_speedups"] or "n/a (no native bf16)")
+    print("fused path vs plain modules (medians):", cnn["fused_speedups"])
     m, nom = peak["measured_matmul_1024"], peak["nominal"]
     print(f"core peak: measured 1024³ matmul fp32 {m['fp32']} GFLOP/s, bf16 {m['bf16']}; nominal "
           f"fp32 {nom['fp32_gflops']}, bf16 {nom['bf16_gflops']} ({nom['formula']}, "
