@@ -11,7 +11,7 @@ from driving.errors import UserError
 # CLI flag → TrainConfig field; defaults come from TrainConfig so the docs stay in one place.
 _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--data", "data", str, "dataset directory recorded by `driving collect`"),
-    ("--policy", "policy", str, "policy name (ncp-cfc, ncp-ltc, lstm, gru, ctrnn, cnn, ncp-random, ncp-full)"),
+    ("--policy", "policy", str, "policy name: {policies}"),
     ("--out", "out", str, "run directory to create (model.safetensors, config.json, metrics.csv)"),
     ("--epochs", "epochs", int, "epochs per round (round 0 = behaviour cloning, then each DAgger round)"),
     ("--seq-len", "seq_len", int, "frames per training window (truncated back-propagation length)"),
@@ -64,7 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Multi-process: torchrun --nproc-per-node 2 -m driving train ..."
         ),
     )
+    from policies.factory import POLICY_NAMES
+
     for flag, name, typ, text in _OPTIONS:
+        text = text.replace("{policies}", ", ".join(POLICY_NAMES))
         default = defaults[name]
         shown = f" (default: {default})" if default not in ("", None) else ""
         p.add_argument(flag, dest=name, type=typ, default=None, help=text + shown)
