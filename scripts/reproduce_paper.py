@@ -206,70 +206,22 @@ def train_stage(p: Plan, policy: str, seed: int) -> Stage:
                  after=lambda: _write_text(run / "DONE", "trained by scripts/reproduce_paper.py\n"))
 
 
-def condition_groups(conditions: Sequence[str]) -> list[tuple[list[str], list[int]]]:
-    """`driving eval` runs corruptions × severities; group the wanted conditions into such
-    products (corruptions sharing their severity set), clean joining the first group."""
-    sevs: dict[str, list[int]] = {}
-    clean = False
-    for c in conditions:
-        name, _, sev = c.partition(":")
-        if name == "none":
-            clean = True
-            continue
-        sevs.setdefault(name, [])
-        if int(sev) not in sevs[name]:
-            sevs[name].append(int(sev))
-    groups: dict[tuple[int, ...], list[str]] = {}
-    for name, ss in sevs.items():
-        groups.setdefault(tuple(sorted(ss)), []).append(name)
-    out = [(names, list(ss)) for ss, names in groups.items()]
-    if clean:
-        if out:
-            out[0][0].insert(0, "none")
-        else:
-            out = [(["none"], [1])]
-    return out
-
-
 def eval_stages(p: Plan, policy: str, seed: int) -> list[Stage]:
-    """One `driving eval` per condition group into eval/RUN/part-K, then one merged report."""
+    """One `driving eval` of the run over every condition (`none,noise:3,fog:3,...`: the
+    conditions go to eval as they are, parsed once by `driving.conditions`)."""
     d = eval_dir(p, policy, seed)
-    groups = condition_groups(p.conditions)
-    stages = []
-    parts = []
-    for k, (corrs, sevs) in enumerate(groups):
-        part = d / f"part-{k}"
-        parts.append(part)
-        argv = ["eval", "--checkpoint", str(run_dir(p, policy, seed)), "--env", p.env,
-                "--episodes", str(p.eval_episodes), "--corruptions", ",".join(corrs),
-                "--severities", ",".join(map(str, sevs)), "--out", str(part),
-                "--seed", str(p.eval_seed), "--workers", str(p.eval_workers()),
-                "--steps", str(p.eval_steps), "--no-plots",
-                "--force"]  # runs only when the part's report is missing or unusable
-        if p.test_split:
-            argv += ["--env-config", json.dumps({"split": p.test_split})]
-        # the expert drives the same (paired) episodes: once is enough, on the first run
-        if k > 0 or (policy, seed) != (p.policies[0], p.seeds[0]):
-            argv.append("--no-expert-reference")
-        label = ", ".join(corrs) + " @ " + ",".join(map(str, sevs))
-        stages.append(Stage(f"evaluate {policy} seed {seed} [{label}] (held-out roads)", argv,
-                            lambda part=part: _report_done(part)))
-    stages.append(Stage(f"merge reports {policy} seed {seed}", [], lambda: _report_done(d),
-                        call=lambda: merge_reports(parts, d)))
-    return stages
-
-
-def merge_reports(parts: Sequence[Path], out: Path) -> None:
-    """One report.json (the schema of docs/evaluation.md) from the parts of one run's evaluation."""
-    reports = [json.loads((q / "report.json").read_text()) for q in parts]
-    merged = dict(reports[0])
-    merged["results"] = [row for r in reports for row in r["results"]]
-    merged["reference"] = next((r["reference"] for r in reports if r.get("reference")), None)
-    merged["settings"] = dict(reports[0].get("settings", {}))
-    merged["settings"]["parts"] = [r.get("settings", {}) for r in reports]
-    merged["settings"]["corruptions"] = sorted({row["corruption"] for row in merged["results"]})
-    merged["settings"]["severities"] = sorted({int(row["severity"]) for row in merged["results"]})
-    _write_text(out / "report.json", json.dumps(merged, indent=1) + "\n")
+    argv = ["eval", "--checkpoint", str(run_dir(p, policy, seed)), "--env", p.env,
+            "--episodes", str(p.eval_episodes), "--corruptions", ",".join(p.conditions),
+            "--out", str(d), "--seed", str(p.eval_seed), "--workers", str(p.eval_workers()),
+            "--steps", str(p.eval_steps), "--no-plots",
+            "--force"]  # runs only when the report is missing or unusable
+    if p.test_split:
+        argv += ["--env-config", json.dumps({"split": p.test_split})]
+    # the expert drives the same (paired) episodes: once is enough, on the first run
+    if (policy, seed) != (p.policies[0], p.seeds[0]):
+        argv.append("--no-expert-reference")
+    return [Stage(f"evaluate {policy} seed {seed} [{', '.join(p.conditions)}] (held-out roads)", argv,
+                  lambda: _report_done(d))]
 
 
 def ssim_stage(p: Plan, policy: str, seed: int, corruption: str) -> Stage:
@@ -282,7 +234,7 @@ def ssim_stage(p: Plan, policy: str, seed: int, corruption: str) -> Stage:
 
 
 def pipeline(p: Plan, policy: str, seed: int) -> list[Stage]:
-    """Train, evaluate, merge, attention SSIM: one (policy, seed), in order."""
+    """Train, evaluate, attention SSIM: one (policy, seed), in order."""
     pipe = [train_stage(p, policy, seed), *eval_stages(p, policy, seed)]
     if seed in p.ssim_seeds:
         pipe += [ssim_stage(p, policy, seed, c) for c in p.ssim]
@@ -425,18 +377,23 @@ def check_plan(p: Plan) -> None:
                     ("--workers", p.workers), ("--jobs", p.jobs)):
         if v < 1:
             raise UserError(f"{name} must be >= 1, got {v}")
-    for c in p.conditions:
-        name, _, sev = c.partition(":")
-        if name == "none" and not sev:
-            continue
-        if name not in all_names() or not sev.isdigit() or not 1 <= int(sev) <= 5:
+    from driving.conditions import parse_conditions, parse_image_condition
+
+    for c in p.conditions:  # the shared parser: one condition per item, each with a severity
+        try:
+            if c != "none" and (":" not in c or len(parse_conditions(c)) != 1):
+                raise ValueError("write it as NAME:SEVERITY")
+            parse_conditions(c)
+        except ValueError as exc:
             raise UserError(f"--conditions {c!r} must be 'none' or NAME:SEVERITY with severity "
-                            f"1..5, NAME one of {', '.join(all_names())}")
+                            f"1..5, NAME one of {', '.join(all_names())} ({exc})") from None
     for c in p.ssim:
-        name, _, sev = c.partition(":")
-        if name not in CORRUPTIONS or not sev.isdigit() or not 1 <= int(sev) <= 5:
+        try:
+            if parse_image_condition(c).severity < 1:
+                raise ValueError("severity 0 is the clean frame")
+        except ValueError as exc:
             raise UserError(f"--ssim {c!r} must be an image corruption NAME:SEVERITY with severity "
-                            f"1..5, e.g. noise:3 ({', '.join(CORRUPTIONS)})")
+                            f"1..5, e.g. noise:3 ({', '.join(CORRUPTIONS)}): {exc}") from None
     if p.ssim and p.ssim_steps < 1:
         raise UserError("--ssim-steps must be >= 1")
 

@@ -21,12 +21,6 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def test_condition_groups_make_products_of_eval():
-    groups = rp.condition_groups(["none", "noise:3", "noise:4", "noise:5", "fog:3", "rain:3"])
-    assert groups == [(["none", "noise"], [3, 4, 5]), (["fog", "rain"], [3])]
-    assert rp.condition_groups(["none"]) == [(["none"], [1])]
-
-
 def test_plan_is_seed_major_and_ssim_only_on_ssim_seeds(tmp_path):
     p = rp.Plan(out=str(tmp_path), policies=("ncp-cfc", "lstm"), seeds=(0, 1), ssim=("noise:3",),
                 ssim_seeds=(1,), conditions=("none", "noise:3", "fog:2"))
@@ -34,12 +28,12 @@ def test_plan_is_seed_major_and_ssim_only_on_ssim_seeds(tmp_path):
     firsts = [pipe[0].name for pipe in pipes]
     assert firsts == ["train ncp-cfc seed 0", "train lstm seed 0", "train ncp-cfc seed 1",
                       "train lstm seed 1"]
-    # train, two eval groups (noise@3 with clean, fog@2), merge; SSIM only for seed 1
-    assert [len(x) for x in pipes] == [4, 4, 5, 5]
+    # train, one eval over every condition; SSIM only for seed 1
+    assert [len(x) for x in pipes] == [2, 2, 3, 3]
     ev0 = pipes[0][1].argv
     assert "--no-expert-reference" not in ev0  # the expert drives once, on the first run
     assert "--no-expert-reference" in pipes[1][1].argv
-    assert ev0[ev0.index("--corruptions") + 1] == "none,noise"
+    assert ev0[ev0.index("--corruptions") + 1] == "none,noise:3,fog:2"  # parsed once, by eval
     assert json.loads(ev0[ev0.index("--env-config") + 1]) == {"split": "test"}
     assert pipes[2][-1].argv[:2] == ["explain", "--ssim"]
     assert pipes[0][0].argv[pipes[0][0].argv.index("--data") + 1] == str(tmp_path / "data")
