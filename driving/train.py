@@ -552,6 +552,9 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResul
 
     torch.set_num_threads(cfg.threads)
     run_dir, resuming = runio.check_out_dir(cfg.out, cfg.resume, clean=dist.main)
+    if cfg.resume and not resuming and not cfg.data:
+        raise UserError(f"--resume: {run_dir} holds no run to resume (no training state yet); start "
+                        f"it without --resume and with --data DATASET (`driving train --data DS --out {run_dir}`)")
     saved = runio.load_state(run_dir) if resuming else None
     if saved is not None:
         cfg = runio.merge_resume_config(cfg, saved.config, explicit)
