@@ -161,8 +161,7 @@ def bench_closed_loop(run_dir: str, env_id: str, corruption: str, severity: int,
                    "cnn_cpu_ms_per_step": 1e3 * clock.cnn_s / total,
                    "rest_cpu_ms_per_step": 1e3 * (cpu - clock.policy_s) / total,
                    "mean_abs_cross_track_m": float(np.mean([r["mean_abs_cross_track_m"] for r in res])),
-                   "crashes": int(sum(r["crashes"] for r in res)),
-                   "interventions": int(sum(r.get("interventions", 0) for r in res))}
+                   "crashes": int(sum(r["crashes"] for r in res))}
             if key not in best or row["steps_per_cpu_s"] > best[key]["steps_per_cpu_s"]:
                 best[key] = row
     out["runs"] = best
