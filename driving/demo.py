@@ -38,8 +38,9 @@ CONDITIONS = ("none",
 
 @dataclass
 class DemoConfig:
-    """The demo's recipe (docs/pretrained.md says how it was chosen); the defaults finish in
-    ≤ 10 min on a 2-core CPU machine, the first-time setup included."""
+    """The demo's recipe (docs/pretrained.md says how it was chosen), sized for ≤ 10 min on an
+    unloaded 2-core CPU machine, setup included (by the stages' unloaded rates; the end-to-end
+    run on a loaded machine is in docs/pretrained.md, "The demo")."""
 
     out: str = "demo_out"
     env: str = TRAIN_ENV
