@@ -54,6 +54,7 @@ from driving.rollout import Episode, ExpertActor, PolicyActor, Step, drive
 from envs.contract import as_driving_env
 from envs.contract import make_env as make_driving_env
 from policies.atomicio import atomic_write_json, jsonable
+from policies.policy import resolve_device
 
 DEVICES = ("cpu", "cuda", "auto")
 #: Episodes a worker drives side by side (scripts/bench_eval.py measured the choice; README).
@@ -328,18 +329,6 @@ def make_env(spec: EvalSpec) -> Any:
     return make_driving_env(spec.env_id, spec.env_kwargs, max_steps=spec.steps + 1)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without CUDA → ValueError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here (torch.cuda.is_available() "
-                         "is False); use --device cpu or auto")
-    return device
-
-
 def load_policy(spec: EvalSpec) -> tuple[Any, dict]:
     if spec.policy_factory is not None:
         p = spec.policy_factory()
@@ -349,24 +338,11 @@ def load_policy(spec: EvalSpec) -> tuple[Any, dict]:
     policy, config = _load(spec.checkpoint)
     policy.eval()
     device = resolve_device(spec.device)
-    if device != "cpu":
+    if device.type != "cpu":
         policy.to(device)
     if spec.precision == "bf16":
-        _set_bf16(policy, device)
+        policy.set_precision("bf16")  # the CNN only; refused where the hardware has no native bf16
     return policy, config
-
-
-def _set_bf16(policy: Any, device: str) -> None:
-    """bf16 autocast for the CNN (the liquid cores stay fp32), where the hardware has it."""
-    from policies import policy as P
-
-    supports = getattr(P, "supports_bf16", None)
-    if supports is not None and not supports(device):
-        raise ValueError(f"--precision bf16: this {device} has no native bf16; use --precision fp32")
-    setter = getattr(policy, "set_precision", None)
-    if setter is None:
-        raise ValueError("--precision bf16 needs a policy with set_precision (this checkpoint's policy has none)")
-    setter("bf16")
 
 
 def _init_worker(spec: EvalSpec, rows: int = 1) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 from driving.errors import UserError
 from policies import training_state as ts
 from policies.atomicio import atomic_write_text, looks_pickled
+from policies.policy import supports_bf16  # the one bf16 probe (tests patch it here)
 
 if TYPE_CHECKING:
     from driving.train import RunState, TrainConfig
@@ -112,29 +113,14 @@ def check_out_dir(out: str | os.PathLike, resume: bool, clean: bool = True) -> t
 
 
 def resolve_device(name: str) -> torch.device:
-    """cpu | cuda | auto → a torch.device, or a UserError naming what this machine has."""
-    has_cuda = torch.cuda.is_available()
-    if name == "cuda" and not has_cuda:
-        raise UserError("--device cuda: this PyTorch sees no CUDA device (available: cpu); "
-                        "use --device cpu or auto")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and has_cuda) else "cpu")
+    """cpu | cuda | auto → a torch.device (`policies.policy.resolve_device`), or a UserError
+    naming what this machine has."""
+    from policies.policy import resolve_device as resolve
 
-
-def supports_bf16(device: torch.device) -> bool:
-    """Native bf16 for the CNN here? (policies.policy.supports_bf16 when it exists)."""
-    from policies import policy as policy_module
-
-    shared = getattr(policy_module, "supports_bf16", None)
-    if shared is not None:
-        return bool(shared(device))
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return torch.backends.mkldnn.is_available() and ("avx512_bf16" in flags or "amx_bf16" in flags)
+        return resolve(name)
+    except ValueError as exc:
+        raise UserError(f"--device {name}: no CUDA device here; use --device cpu or auto ({exc})") from None
 
 
 def check_precision(precision: str, device: torch.device) -> bool:

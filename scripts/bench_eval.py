@@ -251,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(x) for x in args.batches.split(",")]
     precisions = ["fp32"]
     if args.bf16:
-        from policies import policy as P
+        from policies.policy import supports_bf16
 
-        if getattr(P, "supports_bf16", lambda d: False)("cpu"):
+        if supports_bf16("cpu"):
             precisions.append("bf16")
     result["step_split"] = bench_step_split(args.env, 100, "bf16" in precisions)
     with tempfile.TemporaryDirectory() as tmp:

@@ -174,8 +174,8 @@ def main() -> int:
 
     from tqdm import tqdm
 
-    from driving.train_run import supports_bf16
     from policies.factory import POLICY_NAMES
+    from policies.policy import supports_bf16
 
     names = [n for n in args.policies.split(",") if n] or list(POLICY_NAMES)
     precisions = [p for p in args.precisions.split(",") if p]

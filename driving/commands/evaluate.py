@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         spec.validate()  # every check of the settings lives in the spec
-        from driving.evaluate import resolve_device
+        from policies.policy import resolve_device
 
         resolve_device(spec.device)  # --device cuda without CUDA: before any work
     except ValueError as exc:

@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.fps is not None and not 0 < args.fps < 1000:  # also NaN and inf
         raise UserError(f"--fps must be a frame rate in (0, 1000), got {args.fps}")
 
-    from driving.evaluate import resolve_device
+    from policies.policy import resolve_device
 
     try:
         device = resolve_device(args.device)
@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     policy, config, source = _load(args)
     policy.eval()
-    if device != "cpu":
+    if device.type != "cpu":
         policy.to(device)
     units = int(getattr(policy, "units", 0))
     if neurons is None:
