@@ -113,6 +113,51 @@ def _state_vector(states: Any) -> np.ndarray | None:
     return torch.as_tensor(states).detach().reshape(-1).float().numpy()
 
 
+@dataclass
+class Explained:
+    """One policy step with what explanations show beside the steering."""
+
+    steering: float
+    h: Any  # the state after the frame
+    states: np.ndarray | None  # (units,)
+    tau_s: np.ndarray | None  # (units,) LTC τ_eff in seconds
+    features: np.ndarray | None  # (F,) the CNN's sensory features
+
+
+class ExplainingPolicy:
+    """Runs a policy one frame at a time through its sequence path and keeps the CNN's
+    features (a forward hook), all states and, for LTC cores, τ_eff. Shared by the drive
+    (`drive`) and recorded footage (`driving.explain.footage`); use as a context manager so
+    the hook is removed."""
+
+    def __init__(self, policy: torch.nn.Module, want_tau: bool = False) -> None:
+        self.policy = policy
+        self._feats: list[torch.Tensor] = []
+        self._hook = policy.cnn.register_forward_hook(lambda m, a, out: self._feats.append(out.detach()))
+        self._tau = getattr(getattr(policy, "core", None), "tau_eff", None) if want_tau else None
+
+    def __enter__(self) -> ExplainingPolicy:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hook.remove()
+
+    def step(self, frame: np.ndarray, h: Any, dt: float) -> Explained:
+        policy = self.policy
+        ts = torch.tensor([[float(dt)]], dtype=torch.float32)
+        self._feats.clear()
+        with torch.no_grad():
+            out = policy(torch.as_tensor(np.ascontiguousarray(frame))[None, None], h, ts, return_states=True)
+            tau = None
+            if self._tau is not None and self._feats:
+                tu = getattr(policy, "time_unit_s", 1.0)
+                tau = self._tau(self._feats[0].reshape(1, 1, -1), h, ts / tu)[0, -1] * tu
+        states = out[2][0, -1] if len(out) > 2 and out[2] is not None else None
+        return Explained(steering=float(out[0].reshape(-1)[-1]), h=out[1], states=_state_vector(states),
+                         tau_s=_state_vector(tau),
+                         features=_state_vector(self._feats[0]) if self._feats else None)
+
+
 def drive(
     policy: torch.nn.Module,
     env: Any,
@@ -141,13 +186,10 @@ def drive(
     hw = tuple(policy.image_hw)
     rng = np.random.default_rng(seed)
     crashes = 0
-    feats: list[torch.Tensor] = []
-    hook = policy.cnn.register_forward_hook(lambda m, a, out: feats.append(out.detach()))
-    tau_fn = getattr(getattr(policy, "core", None), "tau_eff", None) if want_tau else None
     policy.eval()
     i = 0
     first = True
-    try:
+    with ExplainingPolicy(policy, want_tau) as explainer:
         while i < steps:
             # one episode of the shared drive; a new one (fresh state) if the env ends it
             ep = Episode(denv, steps - i, seed=seed if first else None, condition=cond, rng=rng, rule=rule)
@@ -163,32 +205,18 @@ def drive(
                 clean = fit_frame(np.asarray(req.clean, np.uint8), hw)
                 corrupted = fit_frame(np.asarray(req.frame, np.uint8), hw)
                 seen = corrupted if drive_on == "corrupted" else clean
-                ts = torch.tensor([[dt]], dtype=torch.float32)
-                feats.clear()
-                with torch.no_grad():
-                    out = policy(torch.as_tensor(seen)[None, None], h, ts, return_states=True)
-                    tau = None
-                    if tau_fn is not None and feats:
-                        tu = getattr(policy, "time_unit_s", 1.0)
-                        tau = tau_fn(feats[0].reshape(1, 1, -1), h, ts / tu)[0, -1] * tu
-                steer_t, h_new = out[0], out[1]
-                states = out[2][0, -1] if len(out) > 2 and out[2] is not None else None
-                steering = float(steer_t.reshape(-1)[-1])
+                x = explainer.step(seen, h, dt)
                 expert = info.get("expert_steering")
                 speed = ep.obs.get("speed") if isinstance(ep.obs, dict) else None
                 yield Step(
                     index=i, clean=clean, seen=seen, corrupted=corrupted, h_prev=h, dt=dt,
-                    steering=steering, states=_state_vector(states),
-                    tau_s=None if tau is None else _state_vector(tau),
-                    features=_state_vector(feats[0]) if feats else None,
+                    steering=x.steering, states=x.states, tau_s=x.tau_s, features=x.features,
                     expert=None if expert is None else float(expert),
                     cross_track_m=float(info.get("cross_track_m", float("nan"))), crashes=crashes,
                     time_s=float(info.get("time_s", 0.0)),
                     speed_mps=None if speed is None else float(np.asarray(speed).reshape(-1)[0]),
                 )
-                h = h_new
-                st = ep.advance(steering)
+                h = x.h
+                st = ep.advance(x.steering)
                 crashes += int(st.intervention is not None)
                 i += 1
-    finally:
-        hook.remove()

@@ -19,9 +19,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from driving.errors import UserError
+from driving.explain.drive import ExplainingPolicy
 from driving.explain.video import BG, EXPERT_C, TEXT, Composer, put
 
 
@@ -109,36 +109,21 @@ def replay(policy: Any, ds: Any, i: int, steps: int, corruption: tuple[str, int]
     times = ds.steps(i, "time_s")
     speed = ds.steps(i, "speed") if ep.meta.get("has_speed", True) else None  # imports may lack it
     h = policy.initial_state(1)
-    feats: list[torch.Tensor] = []
-    hook = policy.cnn.register_forward_hook(lambda m, a, out: feats.append(out.detach()))
-    tau_fn = getattr(getattr(policy, "core", None), "tau_eff", None) if want_tau else None
-    try:
+    with ExplainingPolicy(policy, want_tau) as explainer:
         for t in range(min(steps, ep.length)):
             clean = ds.frames(i, t, t + 1)[0]
             seen = clean
             if name != "none" and sev > 0:
                 d = depth.frames(i, np.array([t]))[0] if depth is not None else None
                 seen = C.apply(name, clean, d, sev, rng)
-            ts = torch.tensor([[float(dts[t])]], dtype=torch.float32)
-            feats.clear()
-            with torch.no_grad():
-                out = policy(torch.as_tensor(np.ascontiguousarray(seen))[None, None], h, ts, return_states=True)
-                tau = None
-                if tau_fn is not None and feats:
-                    tu = getattr(policy, "time_unit_s", 1.0)
-                    tau = tau_fn(feats[0].reshape(1, 1, -1), h, ts / tu)[0, -1] * tu
-            states = out[2][0, -1] if len(out) > 2 and out[2] is not None else None
+            x = explainer.step(seen, h, float(dts[t]))
             yield FootageStep(
                 index=t, clean=clean, seen=seen, h_prev=h, dt=float(dts[t]),
-                steering=float(out[0].reshape(-1)[-1]), label=float(labels[t]),
-                states=None if states is None else states.reshape(-1).float().numpy(),
-                tau_s=None if tau is None else tau.reshape(-1).float().numpy(),
-                features=feats[0].reshape(-1).float().numpy() if feats else None,
-                time_s=float(times[t]), speed_mps=None if speed is None else float(speed[t]),
+                steering=x.steering, label=float(labels[t]), states=x.states, tau_s=x.tau_s,
+                features=x.features, time_s=float(times[t]),
+                speed_mps=None if speed is None else float(speed[t]),
             )
-            h = out[1]
-    finally:
-        hook.remove()
+            h = x.h
 
 
 def explain_footage(args: Any, policy: Any, source: str, corruption: tuple[str, int], neurons: list[int]) -> int:
