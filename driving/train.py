@@ -98,12 +98,15 @@ class TrainConfig:
     dagger_episodes: int = 4  # rollouts per DAgger round
     dagger_steps: int = 300  # policy steps per rollout
     dagger_beta: float = 0.5  # expert-drives probability in round 1 (β₀; round k uses β₀^k)
+    init_from: str = ""  # fine-tune: a checkpoint (run dir or pretrained:NAME) to start from
     resume: bool = False
 
     def __post_init__(self) -> None:
         self.augment = ",".join(parse_augment(self.augment))  # also reads old runs' True/False
         if self.data:
             self.data = os.path.abspath(self.data)  # resume must not depend on the cwd
+        if self.init_from and not self.init_from.startswith("pretrained:"):
+            self.init_from = os.path.abspath(self.init_from)
         finite = ("lr", "cnn_lr_factor", "weight_decay", "alpha", "grad_clip", "val_fraction", "dagger_beta")
         for name in finite:
             value = getattr(self, name)
@@ -532,6 +535,25 @@ def dagger_collect(policy: nn.Module, dataset, cfg: TrainConfig, rnd: int, run_i
 # ----------------------------------------------------------------------------------------
 # the training run
 # ----------------------------------------------------------------------------------------
+def initial_policy(cfg: TrainConfig, hw: tuple[int, int], explicit: set[str]) -> nn.Module:
+    """The policy of `--init-from`, rebuilt from its own spec (its wiring, its seed) with its
+    weights, in train mode: fine-tuning keeps the architecture the weights were learnt in."""
+    from policies.checkpoint import load_policy
+
+    try:
+        policy, config = load_policy(cfg.init_from)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"--init-from {cfg.init_from}: {exc}") from None
+    if "policy" in explicit and config["policy"] != cfg.policy:
+        raise UserError(f"--init-from {cfg.init_from} holds a {config['policy']!r} policy but --policy "
+                        f"is {cfg.policy!r}: drop --policy or pass --policy {config['policy']}")
+    cfg.policy = config["policy"]
+    if tuple(config["image_hw"]) != tuple(hw):
+        raise UserError(f"--init-from {cfg.init_from} sees {tuple(config['image_hw'])} images but the "
+                        f"dataset's are {tuple(hw)}: record with the checkpoint's camera size")
+    return policy.train()
+
+
 def train(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
     """Train (or resume) a run; see the module docstring.
 
@@ -571,7 +593,10 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResul
         require_simulator(dataset)
     hw = tuple(dataset.image_shape[:2])
 
-    policy = build_policy(cfg.policy, image_hw=hw, seed=cfg.seed).to(device)
+    if cfg.init_from:
+        policy = initial_policy(cfg, hw, explicit).to(device)
+    else:
+        policy = build_policy(cfg.policy, image_hw=hw, seed=cfg.seed).to(device)
     opt = make_optimizer(policy, cfg)
     best: tuple[dict[str, torch.Tensor], dict] | None = None
     run = RunState(run_id=f"{cfg.seed}-{int(time.time())}-{os.getpid()}", dataset_episodes=len(dataset.episodes),
@@ -581,6 +606,9 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResul
         runio.check_dataset_unchanged(dataset, run, cfg.data)
         best = saved.best
         runio.restore(policy, opt, saved, cfg, run_dir, hw, dist)
+    elif cfg.init_from:
+        if dist.main:
+            print(f"fine-tuning from {cfg.init_from} (no CNN warm-up, output bias kept)", file=sys.stderr)
     else:
         with cnn_autocast(policy, device, bf16):
             warmup_loss = warm_up_cnn(policy, cfg, dataset, device)

@@ -292,12 +292,24 @@ def make_sine_road(length: float = 800.0, amplitude: float = 5.0, period: float 
     return _assemble("sine", [lanes], False, lane_width, n_lanes, centre_line=_line(centre_line))
 
 
-def random_pieces(rng: np.random.Generator, length: float) -> list[tuple]:
-    """Alternate straights (15-70 m) and arcs (radius 15-60 m, 20-110 degrees)."""
+RANDOM_RADIUS_M = (15.0, 60.0)  # the arcs' radius range of the default random roads
+RADIUS_LIMITS_M = (8.0, 200.0)  # what `radius_m` may ask for
+
+
+def random_pieces(rng: np.random.Generator, length: float,
+                  radius_m: tuple[float, float] = RANDOM_RADIUS_M) -> list[tuple]:
+    """Alternate straights (15-70 m) and arcs (radius `radius_m`, default 15-60 m, 20-110 degrees).
+
+    The radius is drawn uniformly in 1/r (curvature), so a wider range adds tight bends
+    without making gentle ones rare; the default range keeps the uniform-in-r draw every
+    recorded dataset and evaluation road of earlier versions used (same seed, same road).
+    """
+    lo, hi = radius_m
+    tight = (lo, hi) != RANDOM_RADIUS_M
     pieces: list[tuple] = [("S", float(rng.uniform(20, 40)))]
     total, heading = pieces[0][1], 0.0
     while total < length:
-        r = float(rng.uniform(15, 60))
+        r = 1.0 / float(rng.uniform(1.0 / hi, 1.0 / lo)) if tight else float(rng.uniform(lo, hi))
         ang = float(rng.uniform(20, 110))
         sign = 1.0 if rng.random() < 0.5 else -1.0
         if abs(heading + sign * ang) > 150:  # steer back towards the start direction
@@ -312,6 +324,19 @@ def random_pieces(rng: np.random.Generator, length: float) -> list[tuple]:
     return pieces
 
 
+def check_radius_range(radius_m, lane_width: float, n_lanes: int) -> tuple[float, float]:
+    """`radius_m` as a (low, high) pair of metres, or a ValueError naming the valid range."""
+    lo_lim = max(RADIUS_LIMITS_M[0], (n_lanes - 1) * lane_width + 3.0)
+    try:
+        lo, hi = (float(v) for v in radius_m)
+    except (TypeError, ValueError):
+        raise ValueError(f"track_kwargs radius_m must be a [low, high] pair of metres, got {radius_m!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo_lim <= lo <= hi <= RADIUS_LIMITS_M[1]):
+        raise ValueError(f"track_kwargs radius_m must satisfy {lo_lim:g} <= low <= high <= "
+                         f"{RADIUS_LIMITS_M[1]:g} m (inner lane at least 3 m radius), got {radius_m!r}")
+    return lo, hi
+
+
 def _self_clearance(points: np.ndarray, s: np.ndarray, min_gap_s: float) -> float:
     """Smallest distance between route samples farther apart than `min_gap_s` along it."""
     sub = points[::2]
@@ -322,12 +347,18 @@ def _self_clearance(points: np.ndarray, s: np.ndarray, min_gap_s: float) -> floa
 
 
 def make_random_road(seed: int, length: float = 800.0, lane_width: float = 3.6,
-                     n_lanes: int = 2, centre_line: str = "striped") -> Track:
-    """A seeded open road of straights and arcs that never comes near itself."""
+                     n_lanes: int = 2, centre_line: str = "striped",
+                     radius_m: tuple[float, float] = RANDOM_RADIUS_M) -> Track:
+    """A seeded open road of straights and arcs that never comes near itself.
+
+    `radius_m` widens the arcs' radius range, e.g. (10, 60) for bends as tight as the
+    racetrack's (docs/simulator.md); the default draws the roads of every earlier version.
+    """
+    radius_m = check_radius_range(radius_m, lane_width, n_lanes)
     rng = np.random.default_rng(seed)
     road_w = lane_width * n_lanes
     for _ in range(200):
-        pieces = random_pieces(rng, length)
+        pieces = random_pieces(rng, length, radius_m)
         lanes, _, _ = _pieces_to_lanes(pieces, lane_width, n_lanes)
         track = _assemble("random", lanes, False, lane_width, n_lanes, seed=seed,
                           centre_line=_line(centre_line))

@@ -248,3 +248,39 @@ def test_preview_cli_writes_png(tmp_path):
     assert img.shape == (78 * 2 + 4, 200 * 2 + 4 + 4 + 78 * 2 + 4, 3)
     assert main(["preview", "--env", "liquid_drive/Nope-v0", "--out", str(out)]) == 2
     assert main(["preview", "--out", str(tmp_path / "p.jpg")]) == 2
+
+
+def _arc_radii(track) -> list[float]:
+    return [lane.radius for lane in track.route if isinstance(lane, CircularLane)]
+
+
+def test_random_roads_with_a_tighter_radius_range():
+    from envs.tracks import make_random_road
+
+    default = make_random_road(5001)
+    # the default range draws the same roads as before radius_m existed (the v2 sweep's roads)
+    assert float(default.points.sum()) == pytest.approx(268385.59162766143, rel=0, abs=1e-6)
+    assert np.array_equal(make_random_road(5001, radius_m=(15, 60)).points, default.points)
+    radii = [r for s in range(0, 40, 2) for r in _arc_radii(make_random_road(s, radius_m=[10, 60]))]
+    centre = [r for s in range(0, 40, 2) for r in _arc_radii(make_random_road(s))]
+    assert min(centre) > 15 - 4.5 - 1e-6  # the route's lane: the arc's radius ± a lane width
+    assert min(radii) < 12 and sum(r < 15 for r in radii) > 0.2 * len(radii)
+    for bad in ([5, 60], [30, 20], [10, 500], "tight", [10]):
+        with pytest.raises(ValueError, match=r"radius_m must"):
+            make_random_road(2, radius_m=bad)
+
+
+def test_tight_random_road_through_the_env_config_and_the_expert_keeps_its_lane():
+    env = gym.make("liquid_drive/RandomRoad-v0", track_kwargs={"length": 300.0, "radius_m": [10, 20]},
+                   max_steps=200)
+    env.reset(seed=4)
+    worst = tightest = 0.0
+    for _ in range(200):
+        _, _, term, trunc, info = env.step(np.array([expert_steering(env.unwrapped)], np.float32))
+        worst = max(worst, abs(info["cross_track_m"]))
+        tightest = max(tightest, abs(info["curvature"]))
+        assert not info["crashed"] and not info["off_road"] and info["lane_invasion_m"] < 0.5
+        if term or trunc:
+            break
+    assert worst < 1.0 and tightest > 1 / 25  # it drove through the tight bends
+    env.close()

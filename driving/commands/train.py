@@ -44,6 +44,9 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--dagger-episodes", "dagger_episodes", int, "closed-loop rollouts recorded per DAgger round"),
     ("--dagger-steps", "dagger_steps", int, "steps per DAgger rollout"),
     ("--dagger-beta", "dagger_beta", float, "probability that the expert drives a step in round 1 (β^k in round k)"),
+    ("--init-from", "init_from", str,
+     "start from this checkpoint's weights and wiring (a run directory or pretrained:NAME) "
+     "instead of a fresh policy: fine-tuning, e.g. on your own drives; skips the CNN warm-up"),
 ]
 
 
