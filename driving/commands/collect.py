@@ -43,9 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--env-kwargs",
+        "--env-config",
+        dest="env_kwargs",
         default=None,
         metavar="JSON",
-        help="env config overrides, e.g. '{\"lanes\": 2}'",
+        help="env config overrides (as eval's --env-config), e.g. "
+             "'{\"track_kwargs\": {\"radius_m\": [10, 60]}}' for tighter bends",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
