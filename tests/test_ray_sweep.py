@@ -1,6 +1,7 @@
 """The v2 sweep on a real local Ray cluster (2 CPUs): tasks, pairing, derived controls, resume."""
 
 import json
+import math
 
 import pytest
 
@@ -10,6 +11,7 @@ from driving.errors import UserError  # noqa: E402
 from driving.sweep import engine, report  # noqa: E402
 from driving.sweep.protocol import (  # noqa: E402
     Layout,
+    passive_settings,
     protocol,
     runs,
     select_part,
@@ -45,8 +47,18 @@ def test_tiny_sweep_on_a_local_ray_cluster_then_resume(tmp_path, cluster):
     out = tmp_path / "sweep"
     r = engine.run_sweep(p, out)
     assert r.cluster_cpus == 2 and not r.failed
-    assert r.submitted == {"train": 2, "derive": 1, "eval": 8}  # cnn trained, not evaluated
+    assert r.submitted == {"train": 2, "derive": 1, "eval": 8, "passive": 2}  # cnn trained, not evaluated
     lay = Layout.of(out)
+    # one passive test per run, on the recorded held-out test drives
+    passive = {run: json.loads(lay.passive(*run).read_text()) for run in runs(p)}
+    for (pol, seed), res in passive.items():
+        assert res["kind"] == "passive" and (res["policy"], res["seed"]) == (pol, seed)
+        assert res["settings"] == passive_settings(p)
+        rep = res["report"]
+        assert rep["policy"] == pol and rep["frames"] == 2 * 12 and rep["split"] == "all"
+        assert [(x["corruption"], x["severity"]) for x in rep["results"]] == [("none", 0), ("dropped_frames", 2)]
+        assert all(math.isfinite(x["steering_mse"]) for x in rep["results"])
+    assert (lay.passive_data / "COMPLETE").is_file()
     cells = sorted((out / "cells").rglob("road*.json"))
     assert len(cells) == 2 * 2 * 2
     seeds = {}
@@ -64,16 +76,21 @@ def test_tiny_sweep_on_a_local_ray_cluster_then_resume(tmp_path, cluster):
     assert ema.ema_tau_s == calib["ema_tau_s"] == cfg["derived"]["ema_tau_s"] > 0
     assert all((a == b).all() for a, b in zip(ema.state_dict().values(), cnn.state_dict().values()))
     # resume: nothing is submitted again, nothing is rewritten
-    stamps = {f: f.stat().st_mtime_ns for f in cells}
+    done = cells + [lay.passive(*run) for run in runs(p)]
+    stamps = {f: f.stat().st_mtime_ns for f in done}
     r2 = engine.run_sweep(p, out)
-    assert r2.submitted == {} and r2.skipped == {"train": 2, "derive": 1, "eval": 8}
+    assert r2.submitted == {} and r2.skipped == {"train": 2, "derive": 1, "eval": 8, "passive": 2}
     assert all(f.stat().st_mtime_ns == t for f, t in stamps.items())
     # an interrupted sweep: only what has no result file is submitted
     cells[3].unlink()
+    lay.passive("cnn-ema", 0).unlink()
     r3 = engine.run_sweep(p, out)
-    assert r3.submitted == {"eval": 1} and cells[3].is_file()
+    assert r3.submitted == {"eval": 1, "passive": 1} and cells[3].is_file()
+    again = json.loads(lay.passive("cnn-ema", 0).read_text())["report"]
+    assert again["results"] == passive[("cnn-ema", 0)]["report"]["results"]  # deterministic
     sessions = json.loads((out / "timings" / "sessions.json").read_text())["sessions"]
     assert len(sessions) == 3 and sessions[0]["cluster_cpus"] == 2
+    assert sessions[0]["finished"]["passive"] == 2 and sessions[2]["submitted"]["passive"] == 1
     # the page and its statistics
     page = tmp_path / "art" / "results.md"
     s = report.report(p, lay, page, "cmd", noise=False)
@@ -81,8 +98,13 @@ def test_tiny_sweep_on_a_local_ray_cluster_then_resume(tmp_path, cluster):
     assert s["task_seconds"]["eval cpu"]["n"] == 8 and s["task_seconds"]["train"]["n"] == 2
     d = s["paired_interventions"]["ncp-ltc"]["cnn-ema"]["none"]
     assert d["cells"] == 2 and d["wins"] + d["ties"] + d["losses"] == 2
+    assert s["passive"]["runs_done"] == 2 and s["task_seconds"]["passive"]["n"] == 2
+    clean = s["passive"]["steering_mse"]["ncp-ltc"]["none"]
+    assert clean["n"] == 1 and clean["mean"] == passive[("ncp-ltc", 0)]["report"]["results"][0]["steering_mse"]
     text = page.read_text()
     assert "policy − ncp-ltc" in text and "| cnn-ema |" in text and "(storage)" in text
+    assert "## Passive test (held-out recorded test drives)" in text
+    assert f"| ncp-ltc | {clean['mean']:.4f} (n=1) |" in text and "constant prediction (floor)" in text
     # another recipe in the same OUT is refused
     with pytest.raises(UserError, match="epochs"):
         engine.run_sweep(protocol("smoke", policies=("ncp-ltc",), seeds=(0,), epochs=2,

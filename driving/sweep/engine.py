@@ -1,12 +1,12 @@
 """Run a sweep as Ray tasks: join a cluster or start a local one, resume, collect results.
 
-Every (policy, seed) training, every derived control and every (run, condition, road)
-evaluation is one Ray task (one CPU each). The driver submits only what has no result file
-under OUT, passes checkpoints between tasks through Ray's object store (no shared
-filesystem needed), and writes each result atomically the moment it arrives, so an
-interrupted sweep loses only the tasks that were running. ``part='K/N'`` runs a
-round-robin share of the runs (with the trainings they need), so a long sweep can be run
-in pieces on different days or machines.
+Every (policy, seed) training, every derived control, every (run, condition, road)
+evaluation and every run's passive test (recorded held-out drives) is one Ray task (one
+CPU each). The driver submits only what has no result file under OUT, passes checkpoints
+between tasks through Ray's object store (no shared filesystem needed), and writes each
+result atomically the moment it arrives, so an interrupted sweep loses only the tasks that
+were running. ``part='K/N'`` runs a round-robin share of the runs (with the trainings they
+need), so a long sweep can be run in pieces on different days or machines.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from driving.sweep.protocol import (
     Layout,
     Protocol,
     check_or_store_fingerprint,
+    passive_done,
     runs,
     select_part,
     trainings_needed,
@@ -90,6 +91,8 @@ def write_result(lay: Layout, res: dict[str, Any]) -> None:
         atomic_write_text(run / "DONE", f"{kind} by driving.sweep in {res['seconds']} s\n")
     elif kind == "eval":
         atomic_write_json(lay.cell(pol, seed, res["condition"], res["road"]), res)
+    elif kind == "passive":
+        atomic_write_json(lay.passive(pol, seed), res)
     else:
         raise ValueError(f"unknown task result kind {kind!r}")
 
@@ -100,10 +103,11 @@ def _run_payload(lay: Layout, pol: str, seed: int) -> dict[str, Any]:
 
 def run_sweep(p: Protocol, out: str | Path, data: str | Path | None = None,
               ray_address: str | None = None, part: str | None = None,
-              num_cpus: int | None = None, command: str = "") -> SweepResult:
+              num_cpus: int | None = None, command: str = "",
+              passive_data: str | Path | None = None) -> SweepResult:
     """Submit what is missing of protocol ``p`` (its share ``part``) and collect it under OUT."""
     p.validate()
-    lay = Layout.of(out, data)
+    lay = Layout.of(out, data, passive_data)
     selected = select_part(runs(p), part)
     check_or_store_fingerprint(p, lay)
     need = trainings_needed(p, selected)
@@ -116,6 +120,8 @@ def run_sweep(p: Protocol, out: str | Path, data: str | Path | None = None,
     train_r = ray.remote(num_cpus=1, max_retries=1)(T.train_task)
     derive_r = ray.remote(num_cpus=1, max_retries=1)(T.derive_task)
     eval_r = ray.remote(num_cpus=1, max_retries=1)(T.eval_task)
+    record_test_r = ray.remote(num_cpus=1)(T.ensure_test_dataset)
+    passive_r = ray.remote(num_cpus=1, max_retries=1)(T.passive_task)
     pending: dict[Any, str] = {}
 
     def count(d: dict[str, int], k: str) -> None:
@@ -157,6 +163,16 @@ def run_sweep(p: Protocol, out: str | Path, data: str | Path | None = None,
                 ref = eval_r.remote(p, q, s, c, r, refs[(q, s)])
                 pending[ref] = f"eval {q} seed {s} {c} road {r}"
                 count(res.submitted, "eval")
+    # the passive test: one task per run, on drives recorded once per node (each task checks)
+    passive = [(q, s) for q, s in selected if not passive_done(p, lay, q, s)]
+    count_skipped = len(selected) - len(passive)
+    if count_skipped:
+        res.skipped["passive"] = count_skipped
+    test_ref = record_test_r.remote(p, str(lay.passive_data)) if passive else None
+    for q, s in passive:
+        ref = passive_r.remote(p, q, s, str(lay.passive_data), refs[(q, s)], test_ref)
+        pending[ref] = f"passive {q} seed {s}"
+        count(res.submitted, "passive")
     _say(f"{len(selected)} runs in this part; submitted {res.submitted or 'nothing'}, "
          f"already done {res.skipped or 'nothing'}; cluster CPUs {res.cluster_cpus:g}")
     try:

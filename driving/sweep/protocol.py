@@ -7,6 +7,8 @@ Layout under OUT (one place; the driver writes everything, tasks only return res
     OUT/runs/POLICY-sSEED/                 checkpoint (model.safetensors, config.json, DONE)
     OUT/cells/POLICY-sSEED/COND/roadR.json one evaluation cell (run, condition, road)
     OUT/calibration/POLICY-sSEED.json      EMA time constant of a smoothing control
+    OUT/passive_data/                      the recorded held-out test drives (passive test)
+    OUT/passive/POLICY-sSEED.json          one run's passive test (offline table, attention SSIM)
     OUT/timings/                           seconds per task, sessions (wall time, tasks)
 """
 
@@ -66,6 +68,11 @@ class Protocol:
     calibration_episodes: int = 4
     n_boot: int = 4000
     extra: dict[str, Any] = field(default_factory=dict)
+    # the passive (offline) test of every run on recorded held-out drives (`PASSIVE_KNOBS`)
+    passive_episodes: int = 8
+    passive_steps: int = 300
+    passive_seed: int = 6000  # test drive k is recorded with env seed passive_seed + k
+    ssim_frames: int = 16
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -75,6 +82,16 @@ class Protocol:
         d = asdict(self)
         for k in ("policies", "seeds", "extra", "n_boot", "name"):
             d.pop(k)
+        # The passive knobs came after sweeps were started (OUT/protocol.json holds the
+        # fingerprint without them, and resuming compares fingerprints). They decide no
+        # training and no evaluation cell, so at the named protocol's own values they are
+        # left out and an existing OUT stays resumable; any other value joins the
+        # fingerprint, so an OUT never mixes passive settings. Each passive result also
+        # stores its settings (`passive_settings`) and the report uses only matching ones.
+        defaults = passive_defaults(self.name)
+        for k in PASSIVE_KNOBS:
+            if d[k] == defaults[k]:
+                d.pop(k)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def fingerprint_id(self) -> str:
@@ -89,7 +106,8 @@ class Protocol:
             raise UserError(f"unknown policy {bad[0]!r} in --policies; choose from {', '.join(names)}")
         if not self.seeds:
             raise UserError("--seeds must name at least one training seed, e.g. 0,1,2,3,4")
-        for k in ("episodes", "steps", "epochs", "roads", "eval_steps"):
+        for k in ("episodes", "steps", "epochs", "roads", "eval_steps", "passive_episodes",
+                  "passive_steps"):
             if int(getattr(self, k)) < 1:
                 raise UserError(f"{k} must be >= 1, got {getattr(self, k)}")
         for c in self.conditions:
@@ -104,13 +122,37 @@ class Protocol:
                             "divide by it")
         if self.intervention not in ("strict", "lenient"):
             raise UserError(f"intervention rule {self.intervention!r}: choose strict or lenient")
+        if int(self.ssim_frames) < 0:
+            raise UserError(f"ssim_frames must be >= 0, got {self.ssim_frames}")
 
 
 SMOKE = dict(name="smoke", policies=("ncp-ltc", "cnn", "cnn-ema", "ncp-ltc-timeblind"),
              seeds=(0, 1), episodes=2, steps=20, epochs=1, max_frames=16, val_fraction=0.5,
              train_extra=("--cnn-warmup-steps", "2"), roads=2, eval_steps=8,
              conditions=("none", "noise:3", "dropped_frames:2"), calibration_episodes=1,
-             n_boot=200)
+             n_boot=200, passive_episodes=2, passive_steps=12, ssim_frames=2)
+#: The passive test's knobs (fingerprinted only where they differ from the named protocol's).
+PASSIVE_KNOBS = ("passive_episodes", "passive_steps", "passive_seed", "ssim_frames")
+
+
+def passive_defaults(name: str) -> dict[str, Any]:
+    """The passive knobs' values of protocol ``name`` (the dataclass defaults for v2 and
+    any unnamed protocol, the smoke protocol's tiny ones for smoke)."""
+    base = SMOKE if name == "smoke" else {}
+    return {k: base.get(k, Protocol.__dataclass_fields__[k].default) for k in PASSIVE_KNOBS}
+
+
+def passive_conditions(p: Protocol) -> list[str]:
+    """The protocol's conditions that the passive test runs: all but jitter, which changes
+    when a simulator samples the world and has no meaning for recorded footage."""
+    return [c for c in p.conditions if c.partition(":")[0] != "jitter"]
+
+
+def passive_settings(p: Protocol) -> dict[str, Any]:
+    """What decides a passive result's numbers; stored in each result and compared."""
+    return {"env": p.env, "split": p.test_split, "episodes": int(p.passive_episodes),
+            "steps": int(p.passive_steps), "seed": int(p.passive_seed),
+            "ssim_frames": int(p.ssim_frames), "conditions": passive_conditions(p)}
 
 
 def protocol(name: str, **overrides: Any) -> Protocol:
@@ -171,11 +213,14 @@ def trainings_needed(p: Protocol, selected: list[tuple[str, int]]) -> list[tuple
 class Layout:
     out: Path
     data: Path
+    passive_data: Path
 
     @classmethod
-    def of(cls, out: str | Path, data: str | Path | None = None) -> Layout:
+    def of(cls, out: str | Path, data: str | Path | None = None,
+           passive_data: str | Path | None = None) -> Layout:
         o = Path(out)
-        return cls(o, Path(data) if data else o / "data")
+        return cls(o, Path(data) if data else o / "data",
+                   Path(passive_data) if passive_data else o / "passive_data")
 
     def run(self, policy: str, seed: int) -> Path:
         return self.out / "runs" / run_name(policy, seed)
@@ -185,6 +230,9 @@ class Layout:
 
     def calibration(self, policy: str, seed: int) -> Path:
         return self.out / "calibration" / f"{run_name(policy, seed)}.json"
+
+    def passive(self, policy: str, seed: int) -> Path:
+        return self.out / "passive" / f"{run_name(policy, seed)}.json"
 
     def run_done(self, policy: str, seed: int) -> bool:
         r = self.run(policy, seed)
@@ -207,6 +255,17 @@ def check_or_store_fingerprint(p: Protocol, lay: Layout) -> None:
         return
     lay.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(f, {"protocol": p.name, "fingerprint": fp, "id": p.fingerprint_id()})
+
+
+def passive_done(p: Protocol, lay: Layout, policy: str, seed: int) -> bool:
+    """A passive result exists for this run and was made with the protocol's settings."""
+    f = lay.passive(policy, seed)
+    if not f.is_file():
+        return False
+    try:
+        return json.loads(f.read_text()).get("settings") == passive_settings(p)
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def with_policies(p: Protocol, policies: tuple[str, ...] | None, seeds: tuple[int, ...] | None) -> Protocol:

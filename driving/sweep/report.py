@@ -1,9 +1,9 @@
 """The v2 results page: paired statistics over the (seed, road) cells, tables, findings.
 
 Everything on the page is computed from OUT (the cells, the runs, the calibrations, the
-sessions) plus two measurements made here because they are properties of the setup, not of
-a policy: parameter counts (built from the factory) and the realised noise variance
-(rendered test-road frames, the evaluator's noise corruption). Findings are sentences
+passive tests, the sessions) plus two measurements made here because they are properties of
+the setup, not of a policy: parameter counts (built from the factory) and the realised noise
+variance (rendered test-road frames, the evaluator's noise corruption). Findings are sentences
 generated from the numbers: a difference is called one only when its bootstrap interval
 excludes 0; everything else is said to show no difference.
 """
@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from driving import stats as ST
-from driving.sweep.protocol import REFERENCES, Layout, Protocol, run_name
+from driving.sweep.protocol import (
+    REFERENCES,
+    Layout,
+    Protocol,
+    passive_conditions,
+    passive_settings,
+    run_name,
+)
 
 #: (row key, label, higher is better, tie tolerance, format). The first is the primary one.
 METRICS = (
@@ -62,6 +69,70 @@ def _values(cells: dict[tuple[int, int], dict], key: str) -> dict[tuple[int, int
 def _mean(cells: dict[tuple[int, int], dict], key: str) -> float | None:
     v = list(_values(cells, key).values())
     return float(np.mean(v)) if v else None
+
+
+def load_passive(p: Protocol, lay: Layout) -> tuple[dict[str, dict[int, dict]], list[str]]:
+    """passive[policy][seed] = the passive task's result, only those made with the protocol's
+    passive settings; and the runs whose result was made with other settings (left out)."""
+    want = passive_settings(p)
+    out: dict[str, dict[int, dict]] = {}
+    stale: list[str] = []
+    for pol in p.policies:
+        for s in p.seeds:
+            f = lay.passive(pol, s)
+            if not f.is_file():
+                continue
+            try:
+                res = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if res.get("settings") != want:
+                stale.append(run_name(pol, s))
+                continue
+            out.setdefault(pol, {})[s] = res
+    return out, stale
+
+
+def _over_seeds(by_seed: dict[int, float]) -> dict[str, Any]:
+    """Mean over seeds with the Student-t 95% interval over seeds (None below 2 seeds)."""
+    from driving.metrics import mean_ci95
+
+    seeds = sorted(k for k, v in by_seed.items() if v is not None and math.isfinite(v))
+    m, lo, hi = mean_ci95([by_seed[k] for k in seeds])
+    return {"mean": m if seeds else None, "ci95": None if lo is None else [lo, hi], "n": len(seeds),
+            "seeds": seeds, "per_seed": {str(k): by_seed[k] for k in seeds}}
+
+
+def passive_summary(p: Protocol, lay: Layout) -> dict[str, Any]:
+    """The offline table (steering MSE per condition, over seeds), the constant-prediction
+    floor and the attention SSIM per image corruption, from OUT/passive/*.json."""
+    from driving import corruptions as C
+    from driving.sweep.tasks import condition_of
+
+    results, stale = load_passive(p, lay)
+    conds = passive_conditions(p)
+    image = [c for c in conds if c.partition(":")[0] in C.CORRUPTIONS and c != "none"]
+    table: dict[str, dict[str, dict]] = {}
+    ssim: dict[str, dict[str, dict]] = {}
+    floor: dict[int, float] = {}
+    for pol, by_seed in results.items():
+        rows = {s: {condition_of(r): r for r in res["report"]["results"]} for s, res in by_seed.items()}
+        for s, res in by_seed.items():
+            floor.setdefault(s, float(res["report"]["reference"]["constant_mse"]))
+        for c in conds:
+            cell = {k: _over_seeds({s: rr[c].get(k) for s, rr in rows.items() if c in rr})
+                    for k in ("steering_mse", "steering_mae", "steering_corr")}
+            table.setdefault(pol, {})[c] = cell["steering_mse"] | {
+                "steering_mae": cell["steering_mae"]["mean"], "steering_corr": cell["steering_corr"]["mean"]}
+        for c in image:
+            ssim.setdefault(pol, {})[c] = _over_seeds(
+                {s: rr[c].get("attention_ssim") for s, rr in rows.items() if c in rr})
+    consts = sorted(set(round(v, 12) for v in floor.values()))
+    return {"settings": passive_settings(p), "conditions": conds, "image_conditions": image,
+            "runs_done": sum(len(v) for v in results.values()),
+            "runs_planned": len(p.policies) * len(p.seeds), "stale": stale,
+            "constant_mse": consts[0] if len(consts) == 1 else (float(np.mean(consts)) if consts else None),
+            "constant_mse_values": consts, "steering_mse": table, "attention_ssim": ssim}
 
 
 def measure_noise(p: Protocol, frames: int = 8, seed: int = 0) -> list[dict[str, float]]:
@@ -176,6 +247,11 @@ def summarise(p: Protocol, lay: Layout, noise: bool = True) -> dict[str, Any]:
         secs.setdefault(meta["kind"], []).append(meta["seconds"])
         if "cpu_seconds" in meta:
             secs.setdefault(f"{meta['kind']} cpu", []).append(meta["cpu_seconds"])
+    for by_seed in load_passive(p, lay)[0].values():
+        for res in by_seed.values():
+            secs.setdefault("passive", []).append(res["seconds"])
+            if "cpu_seconds" in res:
+                secs.setdefault("passive cpu", []).append(res["cpu_seconds"])
     f = lay.out / "timings" / "sessions.json"
     sessions = json.loads(f.read_text()).get("sessions", []) if f.is_file() else []
     return {
@@ -191,6 +267,7 @@ def summarise(p: Protocol, lay: Layout, noise: bool = True) -> dict[str, Any]:
         "cells_planned": len(p.policies) * len(p.seeds) * len(p.conditions) * p.roads,
         "parameters": parameter_rows(p.policies),
         "noise": measure_noise(p) if noise else [],
+        "passive": passive_summary(p, lay),
     }
 
 
@@ -257,6 +334,63 @@ def findings(p: Protocol, s: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{k} {v:.2f}" for v, k in ranked) + ".")
     if not L:
         L.append("No paired comparison has finished cells yet.")
+    return L
+
+
+def _seed_cell(d: dict | None, fmt: str) -> str:
+    """mean ± half the 95% interval over seeds (n = seeds); the mean alone for one seed."""
+    if not d or d.get("mean") is None:
+        return "–"
+    ci = d.get("ci95")
+    half = f" ± {fmt.format((ci[1] - ci[0]) / 2)}" if ci else ""
+    return f"{fmt.format(d['mean'])}{half} (n={d['n']})"
+
+
+def passive_section(p: Protocol, ps: dict[str, Any] | None) -> list[str]:
+    """The page's passive-test section: the offline table and attention SSIM on test roads."""
+    if not ps:
+        return []
+    st, conds = ps["settings"], ps["conditions"]
+    heads = ["clean" if c == "none" else c for c in conds]
+    L = ["", "## Passive test (held-out recorded test drives)", "",
+         f"Every run watches the same {st['episodes']} recorded expert drives × at most "
+         f"{st['steps']} frames on `{st['env']}` split `{st['split']}` (env seeds {st['seed']}.."
+         f"{st['seed'] + st['episodes'] - 1}: roads and looks training never draws; no DART noise, "
+         "so the label is the expert's steering; depth recorded, so fog is real fog), its state "
+         "carried and the recorded Δt given; nothing is driven, so every policy sees exactly the "
+         "same frames and corruption streams. Steering MSE against the label over all frames, mean "
+         "over training seeds ± half the 95 % t interval over seeds (from 2 seeds), n = seeds in "
+         "the cell. "
+         + ("jitter is not run (it changes when a simulator samples the world; recorded footage "
+            "has fixed sample times). " if len(conds) < len(p.conditions) else "")
+         + "Dropped frames hold the last steering. The last row always predicts the mean label: "
+         "a policy must beat it to have learnt anything.", "",
+         f"Runs with a passive result: {ps['runs_done']} of {ps['runs_planned']}."]
+    if ps["stale"]:
+        L.append(f"Left out (made with other passive settings): {', '.join(ps['stale'])}.")
+    if not ps["runs_done"]:
+        return L
+    L += ["", "| policy | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(conds)]
+    for pol in p.policies:
+        t = ps["steering_mse"].get(pol)
+        if t:
+            L.append(f"| {pol} | " + " | ".join(_seed_cell(t.get(c), "{:.4f}") for c in conds) + " |")
+    if ps["constant_mse"] is not None:
+        L.append("| constant prediction (floor) | " + " | ".join(f"{ps['constant_mse']:.4f}" for _ in conds) + " |")
+    L += ["", "### Attention SSIM on test roads", ""]
+    image = ps["image_conditions"]
+    if not image:
+        L.append("The protocol has no image corruption, so no attention SSIM.")
+        return L
+    L += [f"SSIM of the VisualBackProp attention map on the clean vs the corrupted frame, on "
+          f"{st['ssim_frames']} frames spread evenly over the test drives, mean over training seeds "
+          "(± half the 95 % interval over seeds from 2 seeds; n = seeds): 1 = the corruption leaves "
+          "the attention where it was.", "",
+          "| policy | " + " | ".join(image) + " |", "|---|" + "---:|" * len(image)]
+    for pol in p.policies:
+        t = ps["attention_ssim"].get(pol)
+        if t:
+            L.append(f"| {pol} | " + " | ".join(_seed_cell(t.get(c), "{:.3f}") for c in image) + " |")
     return L
 
 
@@ -336,6 +470,7 @@ def write_page(p: Protocol, s: dict[str, Any], page: Path, command: str) -> str:
                     "continuous, true Δt" if pol in CONTINUOUS else "discrete")
             L.append(f"| {pol} | {kind} | {_fmt(t.get('none', {}).get('crashes'), '{:.2f}')} | "
                      + " | ".join(_fmt(t.get(c, {}).get("crashes"), "{:.2f}") for c in timing) + " |")
+    L += passive_section(p, s.get("passive"))
     if s["calibration"]:
         L += ["", "## Smoothing controls: matched time constants", "",
               "τ chosen so that the control's open-loop steering rate on recorded drives equals the "
@@ -439,4 +574,5 @@ def report(p: Protocol, lay: Layout, page: Path, command: str, results_md: Path 
     return s
 
 
-__all__ = ["METRICS", "findings", "load_cells", "measure_noise", "report", "summarise", "write_page"]
+__all__ = ["METRICS", "findings", "load_cells", "load_passive", "measure_noise", "passive_summary",
+           "report", "summarise", "write_page"]

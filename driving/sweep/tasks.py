@@ -2,10 +2,11 @@
 
 Each task works in its own scratch folder and *returns* its result (a checkpoint's files as
 bytes, an evaluation cell as a dict), so it needs no shared filesystem and can be retried:
-the driver (`driving.sweep.engine`) writes every result under OUT, atomically. The one
-exception is the recorded dataset, which training reads from disk: `ensure_dataset`
-records it where it is missing (under a file lock, deterministically from the protocol's
-seeds), so each machine of a cluster without a shared filesystem records the same drives.
+the driver (`driving.sweep.engine`) writes every result under OUT, atomically. The
+exceptions are the recorded datasets, read from disk: `ensure_dataset` (training) and
+`ensure_test_dataset` (the passive test's held-out drives) record them where they are
+missing (under a file lock, deterministically from the protocol's seeds), so each machine
+of a cluster without a shared filesystem records the same drives.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from driving.sweep.protocol import DERIVED, Protocol
+from driving.sweep.protocol import DERIVED, Protocol, passive_conditions, passive_settings, run_name
 
 #: Files of a trained run worth keeping and shipping (the optimizer state is not).
 RUN_FILES = ("model.safetensors", "config.json", "metrics.csv")
@@ -67,6 +68,38 @@ def ensure_dataset(p: Protocol, data_dir: str) -> dict[str, Any]:
             from policies.atomicio import atomic_write_text
 
             atomic_write_text(marker, f"recorded by driving.sweep for protocol {p.fingerprint_id()}\n")
+    return {"data": str(d), "seconds": round(time.perf_counter() - t, 2)}
+
+
+def ensure_test_dataset(p: Protocol, data_dir: str) -> dict[str, Any]:
+    """The passive test's recorded held-out drives at ``data_dir``, recorded first if they
+    are not complete: ``p.passive_episodes`` expert drives x ``p.passive_steps`` frames on
+    the test split (roads and looks training never draws), env seeds ``p.passive_seed``..,
+    no DART noise (the labels are the expert's own steering), with depth (fog uses it).
+    Its COMPLETE marker names the settings: other settings record it again."""
+    from policies.atomicio import atomic_write_text
+
+    d = Path(data_dir)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    marker = d / "COMPLETE"
+    t = time.perf_counter()
+    s = passive_settings(p)
+    stamp = ("recorded by driving.sweep for the passive test: "
+             + json.dumps({k: s[k] for k in ("env", "split", "episodes", "steps", "seed")}, sort_keys=True)
+             + "\n")
+    with open(str(d) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one recorder per machine; the others wait
+        if not (marker.is_file() and marker.read_text() == stamp):
+            if d.exists():  # a recording that was killed, or one of other settings: start again
+                shutil.rmtree(d)
+            argv = ["collect", "--env", p.env, "--episodes", str(s["episodes"]), "--steps",
+                    str(s["steps"]), "--out", str(d), "--seed", str(s["seed"]), "--workers", "1",
+                    "--dart-noise", "0", "--save-depth", "--quiet",
+                    "--env-kwargs", json.dumps({"split": p.test_split} if p.test_split else {})]
+            log = Path(str(d) + ".collect.log")
+            if _cli(argv, log) != 0:
+                raise RuntimeError(f"recording the passive test drives failed; see {log}")
+            atomic_write_text(marker, stamp)
     return {"data": str(d), "seconds": round(time.perf_counter() - t, 2)}
 
 
@@ -253,4 +286,47 @@ def eval_task(p: Protocol, policy: str, seed: int, condition: str, road: int, ru
             row = evaluate_cell(ckpt, p, condition, road, tmp / "out")
     return {"kind": "eval", "policy": policy, "seed": seed, "condition": condition, "road": road,
             "road_seed": p.road_seed + road, "row": row, "seconds": round(time.perf_counter() - t, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2)}
+
+
+# ----------------------------------------------------------------------------- passive test
+
+
+def condition_of(row: dict[str, Any]) -> str:
+    """The protocol's name ('none', 'noise:3') of a passive report row."""
+    return "none" if row["corruption"] == "none" or not row["severity"] else \
+        f"{row['corruption']}:{row['severity']}"
+
+
+def passive_task(p: Protocol, policy: str, seed: int, test_data_dir: str, run: dict,
+                 _data: Any = None) -> dict[str, Any]:
+    """The passive (offline) test of one run on the recorded held-out test drives: its
+    steering against the expert's under the protocol's conditions but jitter, with the
+    attention SSIM (VisualBackProp clean vs corrupted) on ``p.ssim_frames`` frames.
+    A derived control is its derived checkpoint (the config rebuilds the filter or the
+    time-blindness). (``_data`` is the recording task's result, only so Ray orders them.)"""
+    import torch
+
+    from driving.passive import PassiveSpec, passive_eval
+    from policies.checkpoint import load_policy
+
+    torch.set_num_threads(1)
+    ensure_test_dataset(p, test_data_dir)
+    settings = passive_settings(p)
+    t, cpu = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory(prefix=f"sweep-passive-{policy}-s{seed}-") as tmp:
+        tmp = Path(tmp)
+        ckpt = write_files(run["files"], tmp / "ckpt")
+        pol, config = load_policy(ckpt)
+        if pol.name != policy:
+            raise RuntimeError(f"the checkpoint of {run_name(policy, seed)} rebuilds {pol.name!r}")
+        spec = PassiveSpec(checkpoint=run_name(policy, seed), data=test_data_dir,
+                           corruptions=tuple(passive_conditions(p)), split="all",
+                           seed=settings["seed"], ssim_frames=settings["ssim_frames"])
+        report = passive_eval(spec, tmp / "out", policy=pol, config=config, progress=False)
+    got = [condition_of(r) for r in report["results"]]
+    if sorted(got) != sorted(settings["conditions"]):
+        raise RuntimeError(f"the passive test ran {got}, not {settings['conditions']}")
+    return {"kind": "passive", "policy": policy, "seed": seed, "report": report,
+            "settings": settings, "seconds": round(time.perf_counter() - t, 2),
             "cpu_seconds": round(time.process_time() - cpu, 2)}
