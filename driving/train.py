@@ -99,14 +99,19 @@ class TrainConfig:
     dagger_steps: int = 300  # policy steps per rollout
     dagger_beta: float = 0.5  # expert-drives probability in round 1 (β₀; round k uses β₀^k)
     init_from: str = ""  # fine-tune: a checkpoint (run dir or pretrained:NAME) to start from
+    init_cnn_from: str = ""  # a checkpoint whose perception CNN this run starts from
     resume: bool = False
 
     def __post_init__(self) -> None:
         self.augment = ",".join(parse_augment(self.augment))  # also reads old runs' True/False
         if self.data:
             self.data = os.path.abspath(self.data)  # resume must not depend on the cwd
-        if self.init_from and not self.init_from.startswith("pretrained:"):
-            self.init_from = os.path.abspath(self.init_from)
+        for name in ("init_from", "init_cnn_from"):
+            value = getattr(self, name)
+            if value and not value.startswith("pretrained:"):
+                setattr(self, name, os.path.abspath(value))
+        if self.init_from and self.init_cnn_from:
+            raise UserError("--init-from already brings a CNN: pass --init-from or --init-cnn-from, not both")
         finite = ("lr", "cnn_lr_factor", "weight_decay", "alpha", "grad_clip", "val_fraction", "dagger_beta")
         for name in finite:
             value = getattr(self, name)
@@ -554,6 +559,30 @@ def initial_policy(cfg: TrainConfig, hw: tuple[int, int], explicit: set[str]) ->
     return policy.train()
 
 
+def load_cnn_from(policy: nn.Module, source: str, hw: tuple[int, int]) -> None:
+    """Copy the perception CNN of checkpoint `source` into `policy` (every `cnn.` tensor,
+    shapes checked): the perception of one trained policy, a fresh core on top."""
+    from policies.checkpoint import load_policy
+
+    try:
+        donor, config = load_policy(source)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"--init-cnn-from {source}: {exc}") from None
+    if tuple(config["image_hw"]) != tuple(hw):
+        raise UserError(f"--init-cnn-from {source} sees {tuple(config['image_hw'])} images but the "
+                        f"dataset's are {tuple(hw)}")
+    theirs = {k: v for k, v in donor.state_dict().items() if k.startswith("cnn.")}
+    ours = {k: v for k, v in policy.state_dict().items() if k.startswith("cnn.")}
+    shapes = lambda d: {k: tuple(v.shape) for k, v in d.items()}  # noqa: E731
+    if not ours or shapes(theirs) != shapes(ours):
+        raise UserError(f"--init-cnn-from {source}: its {config['policy']} CNN does not match this "
+                        f"policy's CNN (tensors {sorted(shapes(theirs).items())[:3]}... vs "
+                        f"{sorted(shapes(ours).items())[:3]}...)")
+    with torch.no_grad():
+        for k, v in ours.items():
+            v.copy_(theirs[k])
+
+
 def train(cfg: TrainConfig, explicit: set[str] | None = None) -> TrainResult:
     """Train (or resume) a run; see the module docstring.
 
@@ -597,6 +626,8 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResul
         policy = initial_policy(cfg, hw, explicit).to(device)
     else:
         policy = build_policy(cfg.policy, image_hw=hw, seed=cfg.seed).to(device)
+        if cfg.init_cnn_from and saved is None:
+            load_cnn_from(policy, cfg.init_cnn_from, hw)
     opt = make_optimizer(policy, cfg)
     best: tuple[dict[str, torch.Tensor], dict] | None = None
     run = RunState(run_id=f"{cfg.seed}-{int(time.time())}-{os.getpid()}", dataset_episodes=len(dataset.episodes),
@@ -609,6 +640,10 @@ def _train(cfg: TrainConfig, explicit: set[str], dist: runio.Dist) -> TrainResul
     elif cfg.init_from:
         if dist.main:
             print(f"fine-tuning from {cfg.init_from} (no CNN warm-up, output bias kept)", file=sys.stderr)
+    elif cfg.init_cnn_from:
+        init_output_bias(policy, cfg, dataset, device)
+        if dist.main:
+            print(f"CNN from {cfg.init_cnn_from} (no CNN warm-up); the core starts fresh", file=sys.stderr)
     else:
         with cnn_autocast(policy, device, bf16):
             warmup_loss = warm_up_cnn(policy, cfg, dataset, device)

@@ -54,3 +54,24 @@ def test_init_from_a_different_policy_or_image_size_exits_2(data, done_run, tmp_
     assert main(small_args(data, tmp_path / "c", "--init-from", str(tmp_path / "nowhere"))) == 2
     assert "--init-from" in capsys.readouterr().err
     assert not any((tmp_path / n / "model.safetensors").exists() for n in "abc")
+
+
+def test_init_cnn_from_copies_the_perception_and_trains_a_fresh_core(data, done_run, tmp_path):  # noqa: F811
+    out = tmp_path / "ltc"
+    assert main(small_args(data, out, "--policy", "ncp-ltc", "--init-cnn-from", str(done_run),
+                           "--epochs", "1", "--cnn-lr-factor", "0")) == 0
+    donor, got = tensors_of(done_run / "model.safetensors"), tensors_of(out / "model.safetensors")
+    cnn = [k for k in donor if k.startswith("cnn.")]
+    assert cnn and all(torch.equal(donor[k], got[k]) for k in cnn)  # CNN frozen at the donor's
+    fresh = tmp_path / "fresh"
+    assert main(small_args(data, fresh, "--policy", "ncp-ltc", "--epochs", "1", "--cnn-lr-factor", "0")) == 0
+    other = tensors_of(fresh / "model.safetensors")
+    assert any(not torch.equal(other[k], got[k]) for k in cnn)  # without it the CNN is another
+
+
+def test_init_cnn_from_refuses_a_mismatch(data, done_run, tmp_path, capsys):  # noqa: F811
+    assert main(small_args(data, tmp_path / "a", "--init-cnn-from", "pretrained:ncp-cfc")) == 2
+    assert "(78, 200) images but the dataset's are (16, 24)" in capsys.readouterr().err
+    assert main(small_args(data, tmp_path / "b", "--init-cnn-from", str(done_run),
+                           "--init-from", str(done_run))) == 2
+    assert "not both" in capsys.readouterr().err

@@ -47,6 +47,9 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--init-from", "init_from", str,
      "start from this checkpoint's weights and wiring (a run directory or pretrained:NAME) "
      "instead of a fresh policy: fine-tuning, e.g. on your own drives; skips the CNN warm-up"),
+    ("--init-cnn-from", "init_cnn_from", str,
+     "start the perception CNN from this checkpoint's CNN (any policy with the same CNN and "
+     "image size; e.g. a trained NCP-CfC's for an NCP-LTC); the core starts fresh; skips the warm-up"),
 ]
 
 
