@@ -540,37 +540,35 @@ def dagger_collect(policy: nn.Module, dataset, cfg: TrainConfig, rnd: int, run_i
 # ----------------------------------------------------------------------------------------
 # the training run
 # ----------------------------------------------------------------------------------------
-def initial_policy(cfg: TrainConfig, hw: tuple[int, int], explicit: set[str]) -> nn.Module:
-    """The policy of `--init-from`, rebuilt from its own spec (its wiring, its seed) with its
-    weights, in train mode: fine-tuning keeps the architecture the weights were learnt in."""
+def _load_source(flag: str, source: str, hw: tuple[int, int]) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint a run starts from (`flag` names it in errors); its images must be the dataset's."""
     from policies.checkpoint import load_policy
 
     try:
-        policy, config = load_policy(cfg.init_from)
+        policy, config = load_policy(source)
     except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"--init-from {cfg.init_from}: {exc}") from None
+        raise UserError(f"{flag} {source}: {exc}") from None
+    if tuple(config["image_hw"]) != tuple(hw):
+        raise UserError(f"{flag} {source} sees {tuple(config['image_hw'])} images but the "
+                        f"dataset's are {tuple(hw)}: record with the checkpoint's camera size")
+    return policy, config
+
+
+def initial_policy(cfg: TrainConfig, hw: tuple[int, int], explicit: set[str]) -> nn.Module:
+    """The policy of `--init-from`, rebuilt from its own spec (its wiring, its seed) with its
+    weights, in train mode: fine-tuning keeps the architecture the weights were learnt in."""
+    policy, config = _load_source("--init-from", cfg.init_from, hw)
     if "policy" in explicit and config["policy"] != cfg.policy:
         raise UserError(f"--init-from {cfg.init_from} holds a {config['policy']!r} policy but --policy "
                         f"is {cfg.policy!r}: drop --policy or pass --policy {config['policy']}")
     cfg.policy = config["policy"]
-    if tuple(config["image_hw"]) != tuple(hw):
-        raise UserError(f"--init-from {cfg.init_from} sees {tuple(config['image_hw'])} images but the "
-                        f"dataset's are {tuple(hw)}: record with the checkpoint's camera size")
     return policy.train()
 
 
 def load_cnn_from(policy: nn.Module, source: str, hw: tuple[int, int]) -> None:
     """Copy the perception CNN of checkpoint `source` into `policy` (every `cnn.` tensor,
     shapes checked): the perception of one trained policy, a fresh core on top."""
-    from policies.checkpoint import load_policy
-
-    try:
-        donor, config = load_policy(source)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"--init-cnn-from {source}: {exc}") from None
-    if tuple(config["image_hw"]) != tuple(hw):
-        raise UserError(f"--init-cnn-from {source} sees {tuple(config['image_hw'])} images but the "
-                        f"dataset's are {tuple(hw)}")
+    donor, config = _load_source("--init-cnn-from", source, hw)
     theirs = {k: v for k, v in donor.state_dict().items() if k.startswith("cnn.")}
     ours = {k: v for k, v in policy.state_dict().items() if k.startswith("cnn.")}
     shapes = lambda d: {k: tuple(v.shape) for k, v in d.items()}  # noqa: E731
