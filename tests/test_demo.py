@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from driving.demo import CONDITIONS, HELD_OUT_ENVS, DemoConfig, commands, format_table, run_demo
+from driving.demo import (
+    CONDITIONS,
+    HELD_OUT_ENVS,
+    DemoConfig,
+    commands,
+    format_table,
+    resolve_precision,
+    run_demo,
+)
 from driving.errors import UserError
 
 
@@ -12,7 +20,12 @@ def test_default_recipe_trains_on_train_split_and_judges_on_held_out_envs():
     cfg = DemoConfig(out="/tmp/x")
     collect, = commands(cfg)["collect"]
     assert collect[collect.index("--env") + 1] == "liquid_drive/RandomRoad-v0"
-    assert json.loads(collect[collect.index("--env-kwargs") + 1]) == {"split": "train"}
+    kwargs = json.loads(collect[collect.index("--env-kwargs") + 1])
+    assert kwargs["split"] == "train"
+    assert kwargs["track_kwargs"]["radius_m"] == [10, 60]  # bends as tight as the racetrack's
+    train, = commands(cfg)["train"]
+    assert "--stateful" in train and train[train.index("--seq-len") + 1] == "8"
+    assert train[train.index("--precision") + 1] in ("fp32", "bf16")
     ev, = commands(cfg)["eval"]
     assert ev[ev.index("--envs") + 1].split(",") == list(HELD_OUT_ENVS)
     assert ev[ev.index("--intervention") + 1] == "strict"
@@ -21,6 +34,17 @@ def test_default_recipe_trains_on_train_split_and_judges_on_held_out_envs():
         assert len({c for c in conds if c.startswith(name + ":")}) == 2, name
     assert "dropped_frames:3" in conds and "jitter:3" in conds and conds[0] == "none"
     assert tuple(conds) == CONDITIONS
+
+
+def test_precision_auto_follows_the_cpu_and_bad_values_are_refused(monkeypatch):
+    import policies.policy
+
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(policies.policy, "supports_bf16", lambda device="cpu", n=native: n)
+        assert resolve_precision("auto") == want
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    with pytest.raises(UserError, match="auto, fp32 or bf16"):
+        resolve_precision("fp16")
 
 
 def test_demo_refuses_to_record_on_the_test_split(tmp_path):
