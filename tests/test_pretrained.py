@@ -35,13 +35,7 @@ def test_unknown_pretrained_name_is_a_clear_error():
         resolve_run_dir("pretrained:nope")
 
 
-@pytest.mark.parametrize("name", [
-    "ncp-cfc",
-    # strict: passes the day a retrained LTC agent drives this road (then drop the mark)
-    pytest.param("ncp-ltc", marks=pytest.mark.xfail(strict=True, reason=(
-        "the shipped ncp-ltc is under-trained (BC only, val MSE 0.0163): 37 interventions in "
-        "10 x 60 s on held-out roads, docs/pretrained.md"))),
-])
+@pytest.mark.parametrize("name", ["ncp-cfc", "ncp-ltc"])
 def test_pretrained_agent_drives_a_held_out_road_without_intervention(name):
     """A short clean drive on a RandomRoad test-split road (odd road seed, a test look,
     never trained on): no intervention under the strict rule, and the car makes progress."""
