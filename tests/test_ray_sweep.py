@@ -65,6 +65,7 @@ def test_tiny_sweep_on_a_local_ray_cluster_then_resume(tmp_path, cluster):
     for f in cells:
         c = json.loads(f.read_text())
         assert c["row"]["episodes"] == 1 and c["road_seed"] == 5000 + c["road"]
+        assert len(c["weights_sha256"]) == 16  # which weights made the cell
         seeds.setdefault((c["condition"], c["road"]), set()).add(tuple(c["row"]["per_episode"]["seed"]))
     assert all(len(v) == 1 for v in seeds.values())  # paired: same env seed for every policy
     # the smoothing control is the trained cnn's weights with the calibrated time constant

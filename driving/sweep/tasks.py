@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -284,8 +285,12 @@ def eval_task(p: Protocol, policy: str, seed: int, condition: str, road: int, ru
         ckpt = write_files(run["files"], tmp / "ckpt")
         with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
             row = evaluate_cell(ckpt, p, condition, road, tmp / "out")
+    # Which weights made the cell: a training is reproducible only within one code version, so
+    # a resumed sweep can tell a derived control's cells from a retrained base's.
+    weights = hashlib.sha256(run["files"].get("model.safetensors", b"")).hexdigest()[:16]
     return {"kind": "eval", "policy": policy, "seed": seed, "condition": condition, "road": road,
-            "road_seed": p.road_seed + road, "row": row, "seconds": round(time.perf_counter() - t, 2),
+            "road_seed": p.road_seed + road, "row": row, "weights_sha256": weights,
+            "seconds": round(time.perf_counter() - t, 2),
             "cpu_seconds": round(time.process_time() - cpu, 2)}
 
 
