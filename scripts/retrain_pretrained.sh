@@ -15,9 +15,12 @@ DIR=${1:?usage: scripts/retrain_pretrained.sh DIR}
 D=${DRIVING:-driving}
 PREC=${PRECISION:-bf16}  # fp32 where the CPU has no native bf16 (slower, same recipe)
 mkdir -p "$DIR"
-road() { printf '{"track_kwargs": {"length": 800.0, "radius_m": [%s, %s]}}' "$1" "$2"; }
-collect() {  # collect DATA SEED EPISODES STEPS DART LOW HIGH
-  $D collect --env liquid_drive/RandomRoad-v0 --env-config "$(road "$6" "$7")" --out "$1" \
+road() {  # road [LOW HIGH]: 800 m train-split roads, bends of LOW-HIGH m (none: the default)
+  if [ $# -eq 0 ]; then printf '{"track_kwargs": {"length": 800.0}}'; return; fi
+  printf '{"track_kwargs": {"length": 800.0, "radius_m": [%s, %s]}}' "$1" "$2"
+}
+collect() {  # collect DATA SEED EPISODES STEPS DART [LOW HIGH]
+  $D collect --env liquid_drive/RandomRoad-v0 --env-config "$(road "${@:6}")" --out "$1" \
     --seed "$2" --episodes "$3" --steps "$4" --dart-noise "$5" --workers 2 --quiet
 }
 train() {  # train OUT ARGS... (skips a finished stage, resumes an interrupted one)
@@ -28,8 +31,6 @@ train() {  # train OUT ARGS... (skips a finished stage, resumes an interrupted o
     --precision "$PREC" "$@" "${resume[@]}"
   touch "$out/DONE"
 }
-# A data step runs once (its marker file): a later stage's DAgger rounds append to the data.
-
 # stage 0: the first generalist NCP-CfC (default roads, 4-frame windows, one DAgger round)
 [ -e "$DIR/cfc0/DONE" ] || {
   $D collect --env liquid_drive/RandomRoad-v0 --episodes 24 --steps 400 --out "$DIR/data0" \
@@ -39,6 +40,7 @@ train() {  # train OUT ARGS... (skips a finished stage, resumes an interrupted o
   touch "$DIR/cfc0/DONE"
 }
 
+# Each data step runs once (its marker file): a later stage's DAgger rounds append to the data.
 # tight-road drives: 48 x 500 (DART 0.15) + 32 x 500 (DART 0.3), bends of 10-60 m
 if [ ! -e "$DIR/.data12" ]; then
   collect "$DIR/cfc_data" 100 48 500 0.15 10 60
@@ -81,10 +83,7 @@ train "$DIR/ltc4" --data "$DIR/ltc_data" --init-from "$DIR/ltc3" --epochs 6 --ma
   --lr 0.001 --cnn-lr-factor 0.3 --seed 3 --dagger-rounds 3 --dagger-episodes 20 "${dagger[@]}"
 # 32 x 400 drives on the default roads (DART 0.2) into both datasets; DAgger mostly on-policy
 if [ ! -e "$DIR/.data5" ]; then
-  for d in cfc_data ltc_data; do
-    $D collect --env liquid_drive/RandomRoad-v0 --env-config '{"track_kwargs": {"length": 800.0}}' \
-      --out "$DIR/$d" --seed 500 --episodes 32 --steps 400 --dart-noise 0.2 --workers 2 --quiet
-  done
+  for d in cfc_data ltc_data; do collect "$DIR/$d" 500 32 400 0.2; done
   touch "$DIR/.data5"
 fi
 dagger=(--dagger-steps 400 --dagger-beta 0.1)
