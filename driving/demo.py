@@ -249,7 +249,7 @@ def config_from_args(args) -> DemoConfig:
         cfg.eval_episodes, cfg.eval_steps = 1, 60
         cfg.eval_conditions = ("none", "fog:4", "dropped_frames:3")
         cfg.video_steps = 20
-        cfg.stateful, cfg.dagger_steps = False, 120
+        cfg.stateful = False
     if cfg.workers < 1:
         raise UserError(f"--workers must be ≥ 1, got {cfg.workers}")
     return cfg
