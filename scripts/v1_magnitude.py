@@ -1,7 +1,7 @@
 """Why v1's noise magnitudes do not replicate under protocol v2 (issue 16).
 
 v1 scored NCP-LTC at 100 / 88 / 64 % route completion under noise σ² 0.1 / 0.2 / 0.3; v2
-scores it near 10 %. The two protocols differ in the evaluation as well as the training:
+scores it 12–28 %. The two protocols differ in the evaluation as well as the training:
 v1 used the lenient intervention rule (collision or off-road only), 3 episodes of 200 steps
 (20 s) from eval seed 1000; v2 uses the strict rule (a lane invasion counts too), 45 s roads
 from seed 5000. This script drives the *same* checkpoint under each combination of those
@@ -25,10 +25,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from policies.atomicio import atomic_write_json, atomic_write_text  # noqa: E402
+
 RULES = ("lenient", "strict")  # v1, v2
 STEPS = (200, 450)  # v1: 20 s, v2: 45 s at 10 Hz
 SEEDS = (1000, 5000)  # v1's eval seed, v2's first road seed
 CONDITIONS = (("none", 0), ("noise", 3), ("noise", 4), ("noise", 5))
+KEYS = tuple(f"{c}:{s}" if s else c for c, s in CONDITIONS)  # "none", "noise:3", ...
 
 
 def point_dir(out: Path, policy: str, rule: str, steps: int, seed: int) -> Path:
@@ -43,15 +47,15 @@ def run_point(ckpt: str, d: Path, rule: str, steps: int, seed: int, episodes: in
            "--steps", str(steps), "--seed", str(seed), "--corruptions", "none,noise:3-5",
            "--intervention", rule, "--no-plots", "--no-expert-reference", "--out", str(d), "--force"]
     print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    subprocess.run(cmd, check=True, env={"OMP_NUM_THREADS": "1", **os.environ})
 
 
 def read_point(d: Path) -> dict:
     rows = {(r["corruption"], r["severity"]): r for r in json.loads((d / "report.json").read_text())["results"]}
-    return {f"{c}:{s}" if s else c: {"completion_pct": rows[(c, s)]["completion_pct"],
-                                     "interventions_per_episode": rows[(c, s)]["crashes_per_episode"],
-                                     "causes": rows[(c, s)]["intervention_causes"]}
-            for c, s in CONDITIONS}
+    return {k: {"completion_pct": rows[cs]["completion_pct"],
+                "interventions_per_episode": rows[cs]["crashes_per_episode"],
+                "causes": rows[cs]["intervention_causes"]}
+            for k, cs in zip(KEYS, CONDITIONS, strict=True)}
 
 
 def table(summary: list[dict]) -> str:
@@ -60,8 +64,8 @@ def table(summary: list[dict]) -> str:
     lines = []
     for p in summary:
         r = p["results"]
-        comp = " | ".join(f"{r[c]['completion_pct']:.0f} %" for c in ("none", "noise:3", "noise:4", "noise:5"))
-        ints = " / ".join(f"{r[c]['interventions_per_episode']:.1f}" for c in ("noise:3", "noise:4", "noise:5"))
+        comp = " | ".join(f"{r[c]['completion_pct']:.0f} %" for c in KEYS)
+        ints = " / ".join(f"{r[c]['interventions_per_episode']:.1f}" for c in KEYS[1:])
         lines.append(f"| {p['policy']} | {p['rule']} | {p['steps']} | {p['seed']} | {comp} | {ints} |")
     return head + "\n".join(lines) + "\n"
 
@@ -87,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         run_point(ckpt, d, rule, steps, seed, a.episodes, a.env)
         summary.append({"policy": name, "checkpoint": ckpt, "rule": rule, "steps": steps, "seed": seed,
                         "episodes": a.episodes, "results": read_point(d)})
-    (a.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (a.out / "table.md").write_text(table(summary))
+    atomic_write_json(a.out / "summary.json", summary, indent=1)
+    atomic_write_text(a.out / "table.md", table(summary))
     print(table(summary))
     return 0
 
