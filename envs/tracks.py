@@ -294,15 +294,20 @@ def make_sine_road(length: float = 800.0, amplitude: float = 5.0, period: float 
 
 RANDOM_RADIUS_M = (15.0, 60.0)  # the arcs' radius range of the default random roads
 RADIUS_LIMITS_M = (8.0, 200.0)  # what `radius_m` may ask for
+STRAIGHT_PROB = 0.75  # chance that a straight follows an arc on the default random roads
 
 
 def random_pieces(rng: np.random.Generator, length: float,
-                  radius_m: tuple[float, float] = RANDOM_RADIUS_M) -> list[tuple]:
+                  radius_m: tuple[float, float] = RANDOM_RADIUS_M,
+                  straight_prob: float = STRAIGHT_PROB) -> list[tuple]:
     """Alternate straights (15-70 m) and arcs (radius `radius_m`, default 15-60 m, 20-110 degrees).
 
     The radius is drawn uniformly in 1/r (curvature), so a wider range adds tight bends
     without making gentle ones rare; the default range keeps the uniform-in-r draw every
     recorded dataset and evaluation road of earlier versions used (same seed, same road).
+    After each arc a straight follows with probability `straight_prob`; otherwise the next
+    arc starts at once, which makes S-bends (chicanes) when its sign flips; the default keeps
+    the earlier roads (same seed, same road).
     """
     lo, hi = radius_m
     tight = (lo, hi) != RANDOM_RADIUS_M
@@ -317,7 +322,7 @@ def random_pieces(rng: np.random.Generator, length: float,
         heading += sign * ang
         pieces.append(("A", r, sign * ang))
         total += r * np.deg2rad(ang)
-        if rng.random() < 0.75:
+        if rng.random() < straight_prob:
             s = float(rng.uniform(15, 70))
             pieces.append(("S", s))
             total += s
@@ -337,6 +342,18 @@ def check_radius_range(radius_m, lane_width: float, n_lanes: int) -> tuple[float
     return lo, hi
 
 
+def check_straight_prob(straight_prob) -> float:
+    """`straight_prob` as a float in [0, 1], or a ValueError naming the valid range."""
+    try:
+        p = float(straight_prob)
+    except (TypeError, ValueError):
+        raise ValueError(f"track_kwargs straight_prob must be a number in [0, 1], got {straight_prob!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"track_kwargs straight_prob must be in [0, 1] (default {STRAIGHT_PROB:g}; "
+                         f"lower means more back-to-back bends), got {straight_prob!r}")
+    return p
+
+
 def _self_clearance(points: np.ndarray, s: np.ndarray, min_gap_s: float) -> float:
     """Smallest distance between route samples farther apart than `min_gap_s` along it."""
     sub = points[::2]
@@ -348,23 +365,29 @@ def _self_clearance(points: np.ndarray, s: np.ndarray, min_gap_s: float) -> floa
 
 def make_random_road(seed: int, length: float = 800.0, lane_width: float = 3.6,
                      n_lanes: int = 2, centre_line: str = "striped",
-                     radius_m: tuple[float, float] = RANDOM_RADIUS_M) -> Track:
+                     radius_m: tuple[float, float] = RANDOM_RADIUS_M,
+                     straight_prob: float = STRAIGHT_PROB) -> Track:
     """A seeded open road of straights and arcs that never comes near itself.
 
     `radius_m` widens the arcs' radius range, e.g. (10, 60) for bends as tight as the
-    racetrack's (docs/simulator.md); the default draws the roads of every earlier version.
+    racetrack's; a lower `straight_prob` puts bends back to back, as in the racetrack's
+    chicane (docs/simulator.md). The defaults draw the roads of every earlier version.
     """
     radius_m = check_radius_range(radius_m, lane_width, n_lanes)
+    straight_prob = check_straight_prob(straight_prob)
     rng = np.random.default_rng(seed)
     road_w = lane_width * n_lanes
     for _ in range(200):
-        pieces = random_pieces(rng, length, radius_m)
+        pieces = random_pieces(rng, length, radius_m, straight_prob)
         lanes, _, _ = _pieces_to_lanes(pieces, lane_width, n_lanes)
         track = _assemble("random", lanes, False, lane_width, n_lanes, seed=seed,
                           centre_line=_line(centre_line))
         if _self_clearance(track.points, track.s, 60.0) > road_w + 30.0:
             return track
-    raise RuntimeError(f"could not generate a non-self-intersecting road for seed {seed}")
+    raise RuntimeError(f"could not generate a non-self-intersecting road for seed {seed} in 200 draws "
+                       f"(radius_m {radius_m}, straight_prob {straight_prob:g}, length {length:g} m): "
+                       "tight bends with few straights curl the road onto itself; raise straight_prob "
+                       "(>= 0.1 works for every tested radius range), widen radius_m or shorten the road")
 
 
 def build_track(name: str, seed: int | None = None, **kw) -> Track:

@@ -270,6 +270,31 @@ def test_random_roads_with_a_tighter_radius_range():
             make_random_road(2, radius_m=bad)
 
 
+def test_random_roads_with_back_to_back_bends():
+    from envs.tracks import make_random_road
+
+    def arc_after_arc(prob, radius_m=None):
+        """Share of arcs whose next piece is another arc, over 20 roads."""
+        kw = {} if radius_m is None else {"radius_m": radius_m}
+        follows = []
+        for s in range(0, 40, 2):
+            kinds = [isinstance(lane, CircularLane)
+                     for lane in make_random_road(s, straight_prob=prob, **kw).route]
+            follows += [b for a, b in zip(kinds[:-1], kinds[1:]) if a]
+        return sum(follows) / len(follows)
+
+    # the default keeps the earlier roads (same seed, same points)
+    assert np.array_equal(make_random_road(5001, straight_prob=0.75).points, make_random_road(5001).points)
+    assert 0.15 < arc_after_arc(0.75) < 0.35  # about 1 - 0.75
+    assert arc_after_arc(0.0) == 1.0  # never a straight after an arc
+    assert arc_after_arc(0.25, radius_m=[10, 25]) > 0.6  # the chicane recipe of docs/simulator.md
+    a, b = make_random_road(8, straight_prob=0.3), make_random_road(8, straight_prob=0.3)
+    assert np.array_equal(a.points, b.points)  # seeded
+    for bad in (-0.1, 1.5, "often", None, float("nan")):
+        with pytest.raises(ValueError, match=r"straight_prob must"):
+            make_random_road(2, straight_prob=bad)
+
+
 def test_tight_random_road_through_the_env_config_and_the_expert_keeps_its_lane():
     env = gym.make("liquid_drive/RandomRoad-v0", track_kwargs={"length": 300.0, "radius_m": [10, 20]},
                    max_steps=200)

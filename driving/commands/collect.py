@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="JSON",
         help="env config overrides (as eval's --env-config), e.g. "
-             "'{\"track_kwargs\": {\"radius_m\": [10, 60]}}' for tighter bends",
+             "'{\"track_kwargs\": {\"radius_m\": [10, 60]}}' for tighter bends; "
+             "add \"straight_prob\": 0.25 for back-to-back bends (chicanes)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
