@@ -15,11 +15,13 @@ DIR=${1:?usage: scripts/retrain_pretrained.sh DIR}
 D=${DRIVING:-driving}
 PREC=${PRECISION:-bf16}  # fp32 where the CPU has no native bf16 (slower, same recipe)
 mkdir -p "$DIR"
-road() {  # road [LOW HIGH]: 800 m train-split roads, bends of LOW-HIGH m (none: the default)
+road() {  # road [LOW HIGH [STRAIGHT]]: 800 m train-split roads, bends of LOW-HIGH m (none:
+  # the default), a straight after an arc with probability STRAIGHT (none: the default 0.75)
   if [ $# -eq 0 ]; then printf '{"track_kwargs": {"length": 800.0}}'; return; fi
-  printf '{"track_kwargs": {"length": 800.0, "radius_m": [%s, %s]}}' "$1" "$2"
+  local straight=""; [ $# -ge 3 ] && straight=$(printf ', "straight_prob": %s' "$3")
+  printf '{"track_kwargs": {"length": 800.0, "radius_m": [%s, %s]%s}}' "$1" "$2" "$straight"
 }
-collect() {  # collect DATA SEED EPISODES STEPS DART [LOW HIGH]
+collect() {  # collect DATA SEED EPISODES STEPS DART [LOW HIGH [STRAIGHT]]
   $D collect --env liquid_drive/RandomRoad-v0 --env-config "$(road "${@:6}")" --out "$1" \
     --seed "$2" --episodes "$3" --steps "$4" --dart-noise "$5" --workers 2 --quiet
 }
@@ -94,9 +96,7 @@ train "$DIR/ltc5" --data "$DIR/ltc_data" --init-from "$DIR/ltc4" --epochs 5 --ma
 # stage 6 (NCP-CfC only): a fresh dataset of chicane roads (back-to-back bends of 10-25 m)
 # and roads with bends of 10-60 m; it was chosen over a twin at lr 2e-4 on validation roads.
 if [ ! -e "$DIR/.data6" ]; then
-  $D collect --env liquid_drive/RandomRoad-v0 --env-config \
-    '{"track_kwargs": {"length": 800.0, "radius_m": [10, 25], "straight_prob": 0.25}}' \
-    --out "$DIR/cfc_data6" --seed 600 --episodes 48 --steps 400 --dart-noise 0.2 --workers 2 --quiet
+  collect "$DIR/cfc_data6" 600 48 400 0.2 10 25 0.25
   collect "$DIR/cfc_data6" 700 32 400 0.2 10 60
   touch "$DIR/.data6"
 fi
